@@ -1,0 +1,171 @@
+"""Entry points RecBole users know, for plugin and RecBole models alike.
+
+``run_recbole_semprune`` / ``run`` mirror ``recbole.quick_start.run_recbole`` / ``run``,
+``objective_function`` serves RecBole's ``HyperTuning`` and ``load_data_and_model`` reloads a
+checkpoint. They never import ``recbole.quick_start`` (which imports ray).
+"""
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from logging import getLogger
+
+import torch
+import torch.distributed as dist
+from recbole.data import data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_semprune.compat import load_checkpoint
+from recbole_semprune.config import Config
+from recbole_semprune.utils import create_dataset, get_model, get_trainer
+
+
+def _build(config, logger=None):
+    """Dataset, splits, model and trainer for ``config``, as RecBole's quick start builds them."""
+    dataset = create_dataset(config)
+    if logger:
+        logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, train_data, valid_data, test_data, model, trainer
+
+
+def run_recbole_semprune(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
+):
+    """Train and test ``model`` on ``dataset``; returns RecBole's result dict.
+
+    Args are those of ``recbole.quick_start.run_recbole``; ``model`` may name a plugin or a
+    RecBole model.
+    """
+    config = Config(
+        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger)
+    logger.info(model)
+    transform = construct_transform(config)
+    flops = get_flops(model, dataset, config["device"], logger, transform)
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+
+    environment_tb = get_environment(config)
+    logger.info(
+        "The running environment of this training is as follows:\n" + environment_tb.draw()
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+    }
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def _run_rank(rank, *args):
+    kwargs = args[-1]
+    if not isinstance(kwargs, MutableMapping):
+        raise ValueError(f"The last argument must be a dict of keyword arguments, got {type(kwargs)}")
+    kwargs["config_dict"] = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    run_recbole_semprune(*args[:3], **kwargs)
+
+
+def run(
+    model,
+    dataset,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    nproc=1,
+    world_size=-1,
+    ip="localhost",
+    port="5678",
+    group_offset=0,
+):
+    """Single- or multi-process run, with the arguments of ``recbole.quick_start.run``."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_semprune(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size == -1 else world_size
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        {"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset}
+    )
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """Objective for ``recbole.trainer.HyperTuning`` (same contract as RecBole's own)."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, train_data, valid_data, test_data, _, trainer = _build(config)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=False, saved=saved
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file, device=None):
+    """Reload a checkpoint written by a run: ``(config, model, dataset, train, valid, test)``.
+
+    The dataset is rebuilt from the checkpoint's config (same files, filters and split), and
+    the model gets the checkpoint's weights and buffers. ``device`` overrides the device the
+    checkpoint was trained on (default: that one if available, else CPU).
+    """
+    checkpoint = load_checkpoint(model_file, map_location="cpu")
+    config = checkpoint["config"]
+    if device is None:
+        device = config["device"]
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+    config["device"] = torch.device(device)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,94 @@
+import os
+from pathlib import Path
+
+import pytest
+
+import recbole_semprune  # noqa: F401  (applies the compat shims before RecBole is used)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+# Small, fast settings for end-to-end runs in tests.
+TINY = {
+    "epochs": 1,
+    "show_progress": False,
+    "state": "WARNING",
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "train_batch_size": 512,
+    "eval_batch_size": 512,
+    "reproducibility": True,
+    "seed": 2020,
+}
+
+
+@pytest.fixture
+def shared_datasets():
+    if not (SHARED_DATASETS / "amazon-beauty" / "amazon-beauty.inter").is_file():
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}")
+    return str(SHARED_DATASETS)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in a temporary folder, so RecBole's log/ and saved/ land there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    return tmp_path
+
+
+def write_atomic(folder, name, suffix, header, rows):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.{suffix}"), "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(str(v) for v in row) + "\n")
+
+
+TINY_PROTOCOL = {
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "genre"]},
+    "sid_text_fields": ["title", "genre"],
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "train_neg_sample_args": None,
+    "metrics": ["Recall", "NDCG", "MRR", "Hit"],
+    "topk": [5, 10],
+    "valid_metric": "NDCG@10",
+}
+
+
+def make_tiny_dataset(root, name="tiny", n_users=120, n_items=60, length=12, seed=0):
+    """Atomic files of a small learnable dataset: items belong to 6 genres with genre words in
+    their titles, and each user mostly walks through the items of one genre in order."""
+    import random
+
+    rng = random.Random(seed)
+    genres = ["jazz", "rock", "folk", "opera", "techno", "blues"]
+    items = [f"i{k}" for k in range(n_items)]
+    genre_of = {item: genres[k % len(genres)] for k, item in enumerate(items)}
+    words = ["red", "blue", "old", "new", "live", "best", "deep", "soft"]
+    item_rows = [
+        (item, f"{genre_of[item]} {rng.choice(words)} {rng.choice(words)} vol {k}", genre_of[item])
+        for k, item in enumerate(items)
+    ]
+    inter_rows = []
+    for u in range(n_users):
+        genre = genres[u % len(genres)]
+        pool = [item for item in items if genre_of[item] == genre]
+        start = rng.randrange(len(pool))
+        for t in range(length):
+            item = pool[(start + t) % len(pool)] if rng.random() < 0.8 else rng.choice(items)
+            inter_rows.append((f"u{u}", item, 1000 * u + t))
+    folder = os.path.join(root, name)
+    write_atomic(folder, name, "inter", ["user_id:token", "item_id:token", "timestamp:float"], inter_rows)
+    write_atomic(folder, name, "item", ["item_id:token", "title:token_seq", "genre:token"], item_rows)
+    return str(root)
+
+
+@pytest.fixture
+def tiny_data(workdir):
+    """``config_dict`` entries for a run on the tiny dataset (data in the temporary folder)."""
+    data_path = make_tiny_dataset(workdir / "data")
+    return dict(TINY, **TINY_PROTOCOL, data_path=data_path, checkpoint_dir=str(workdir / "saved"))
