@@ -165,7 +165,11 @@ def load_data_and_model(model_file, device=None):
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model_class = get_model(config["model"])
+    # SID models take their codes from the checkpoint instead of rebuilding them
+    init_kwargs = getattr(model_class, "checkpoint_init_kwargs", lambda state: {})
+    model = model_class(config, train_data._dataset, **init_kwargs(checkpoint["state_dict"]))
+    model = model.to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

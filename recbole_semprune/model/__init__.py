@@ -1,3 +1,6 @@
 """Models registered by recbole_semprune (resolved before RecBole's by ``get_model``)."""
 
-__all__ = []
+from recbole_semprune.model.decoder_only import DecoderOnlySID
+from recbole_semprune.model.tiger import TIGER
+
+__all__ = ["DecoderOnlySID", "TIGER"]

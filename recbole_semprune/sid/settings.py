@@ -1,0 +1,162 @@
+"""Semantic-ID settings: the ``sid_*`` keys of ``properties/sid.yaml``, read from a Config.
+
+:func:`read_settings` returns a plain dict with every key resolved and checked, so the rest of
+the package never touches the Config. Keys missing from the Config (e.g. a plain RecBole
+``Config`` that did not load ``sid.yaml``) take the defaults of ``sid.yaml``.
+"""
+
+import os
+
+import yaml
+
+SID_YAML = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "sid.yaml"
+)
+
+EMBEDDINGS = ("tfidf", "sentence", "file", "collaborative")
+QUANTIZERS = ("rkmeans", "rqvae")
+
+# Which settings change the codes, per backend and per quantiser: these (and only these) go
+# into the cache key, next to the data fingerprints.
+COMMON_KEYS = (
+    "sid_embedding",
+    "sid_quantizer",
+    "sid_levels",
+    "sid_codebook_size",
+    "sid_dedup_size",
+)
+EMBEDDING_KEYS = {
+    "tfidf": ("sid_text_fields", "sid_embedding_dim", "sid_char_ngrams"),
+    "sentence": ("sid_text_fields", "sid_sentence_model"),
+    "file": ("sid_embedding_file",),
+    "collaborative": ("sid_embedding_dim",),
+}
+# Text backends use collaborative vectors for items without text: these keys matter then too.
+FALLBACK_KEYS = ("sid_embedding_dim",)
+QUANTIZER_KEYS = {
+    "rkmeans": ("sid_kmeans_iters", "sid_balanced"),
+    "rqvae": (
+        "sid_kmeans_iters",
+        "sid_balanced",
+        "sid_rqvae_steps",
+        "sid_rqvae_lr",
+        "sid_rqvae_batch_size",
+        "sid_rqvae_hidden_dim",
+        "sid_rqvae_latent_dim",
+        "sid_rqvae_beta",
+    ),
+}
+
+POSITIVE_INTS = (
+    "sid_levels",
+    "sid_dedup_size",
+    "sid_kmeans_iters",
+    "sid_embedding_dim",
+    "sid_rqvae_steps",
+    "sid_rqvae_batch_size",
+    "sid_rqvae_hidden_dim",
+    "sid_rqvae_latent_dim",
+)
+
+_defaults = None
+
+
+def default_settings():
+    """The defaults of ``properties/sid.yaml`` as a dict (read once)."""
+    global _defaults
+    if _defaults is None:
+        with open(SID_YAML, "r", encoding="utf-8") as f:
+            _defaults = yaml.safe_load(f)
+    return dict(_defaults)
+
+
+def _as_field_list(value):
+    """``sid_text_fields`` as a list of names; accepts a list or a 'a,b' / '[a, b]' string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip().strip("[]").replace(",", " ").split()
+        value = [name.strip("'\"") for name in value]
+    return [str(name) for name in value]
+
+
+def _positive_int(settings, key, minimum=1):
+    value = settings[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _positive_float(settings, key):
+    value = settings[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} must be a positive number, got {value!r}.")
+    settings[key] = float(value)
+
+
+def read_settings(config):
+    """Every ``sid_*`` setting from ``config`` (a RecBole Config or a dict), checked."""
+    settings = default_settings()
+    for key in settings:
+        if key in config:
+            settings[key] = config[key]
+    seed = config["seed"] if "seed" in config else None
+    settings["seed"] = 2020 if seed is None else int(seed)  # 2020: RecBole's default seed
+
+    settings["sid_embedding"] = str(settings["sid_embedding"]).lower()
+    if settings["sid_embedding"] not in EMBEDDINGS:
+        raise ValueError(
+            f"Unknown sid_embedding '{settings['sid_embedding']}': valid backends are "
+            f"{', '.join(EMBEDDINGS)}."
+        )
+    settings["sid_quantizer"] = str(settings["sid_quantizer"]).lower()
+    if settings["sid_quantizer"] not in QUANTIZERS:
+        raise ValueError(
+            f"Unknown sid_quantizer '{settings['sid_quantizer']}': valid quantisers are "
+            f"{', '.join(QUANTIZERS)}."
+        )
+    settings["sid_text_fields"] = _as_field_list(settings["sid_text_fields"])
+    for key in POSITIVE_INTS:
+        _positive_int(settings, key)
+    _positive_int(settings, "sid_codebook_size", minimum=2)
+    for key in ("sid_rqvae_lr", "sid_rqvae_beta"):
+        _positive_float(settings, key)
+    for key in ("sid_balanced", "sid_cache"):
+        if settings[key] not in (True, False):  # also accepts 0 / 1
+            raise ValueError(f"{key} must be True or False, got {settings[key]!r}.")
+        settings[key] = bool(settings[key])
+
+    ngrams = settings["sid_char_ngrams"]
+    if ngrams is not None:
+        if isinstance(ngrams, int):
+            ngrams = [ngrams, ngrams]
+        ngrams = list(ngrams)
+        valid = len(ngrams) == 2 and all(isinstance(n, int) and n >= 1 for n in ngrams)
+        if not valid or ngrams[0] > ngrams[1]:
+            raise ValueError(
+                "sid_char_ngrams must be [min, max] with 1 <= min <= max, or ~ for words only; "
+                f"got {settings['sid_char_ngrams']!r}."
+            )
+        settings["sid_char_ngrams"] = ngrams
+
+    if settings["sid_embedding"] == "file" and not settings["sid_embedding_file"]:
+        raise ValueError(
+            "sid_embedding=file needs sid_embedding_file: the path of a .tsv/.txt or .npz file "
+            "mapping item tokens to vectors (see docs/semantic_ids.md)."
+        )
+    if settings["sid_embedding"] == "sentence" and not settings["sid_sentence_model"]:
+        raise ValueError(
+            "sid_embedding=sentence needs sid_sentence_model (a model name or local path)."
+        )
+    return settings
+
+
+def result_settings(settings, uses_collaborative):
+    """The settings that change the codes (for the cache key), as a sorted dict."""
+    keys = set(COMMON_KEYS) | set(EMBEDDING_KEYS[settings["sid_embedding"]])
+    keys |= set(QUANTIZER_KEYS[settings["sid_quantizer"]])
+    if uses_collaborative:
+        keys |= set(FALLBACK_KEYS)
+    chosen = {key: settings[key] for key in sorted(keys)}
+    chosen["seed"] = settings["seed"]
+    return chosen
+

@@ -1,0 +1,156 @@
+"""SID backbones: tokenisation, exact scoring, beam search = brute force, checkpoints, CLI."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from recbole_semprune.config import Config
+from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
+from recbole_semprune.utils import get_trainer
+
+MODELS = ["TIGER", "DecoderOnlySID"]
+SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
+
+
+def build(model, tiny_data, **overrides):
+    config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **SMALL, **overrides})
+    dataset, train_data, valid_data, test_data, net, trainer = _build(config)
+    return config, train_data, test_data, net.eval(), trainer
+
+
+def histories(test_data, n=8):
+    batch = next(iter(test_data))[0]
+    return batch[:n]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tokens_round_trip(model, tiny_data):
+    _, _, _, net, _ = build(model, tiny_data)
+    items = torch.arange(1, net.n_items)
+    tokens = net.item_tokens(items)
+    assert tokens.min() >= 1 and tokens.max() <= net.n_codes
+    codes = tokens - 1 - net.level_offsets
+    assert torch.equal(net.trie.item_ids(codes), items)
+    assert (net.item_tokens(torch.zeros(3, dtype=torch.long)) == 0).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_predict_is_sum_of_level_log_probs_and_matches_cached_decoding(model, tiny_data):
+    _, _, test_data, net, _ = build(model, tiny_data)
+    inter = histories(test_data)
+    seq, seq_len, items = inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN], inter[net.POS_ITEM_ID]
+    with torch.no_grad():
+        predicted = net.predict({net.ITEM_SEQ: seq, net.ITEM_SEQ_LEN: seq_len, net.ITEM_ID: items})
+        hidden = net.target_hidden(seq, seq_len, net.item_tokens(items))
+        codes = net.codes[items]
+        manual = sum(
+            net.level_log_probs(hidden[:, level], level).gather(1, codes[:, level : level + 1]).squeeze(1)
+            for level in range(net.n_levels)
+        )
+        # the same log-probabilities, step by step through the KV-cached generation path
+        state, step, reorder = net.generation_state(seq, seq_len)
+        stepwise = torch.zeros(len(items))
+        for level in range(net.n_levels):
+            log_probs, state = step(state, codes[:, :level], level)
+            stepwise += log_probs.gather(1, codes[:, level : level + 1]).squeeze(1)
+    assert torch.allclose(predicted, manual, atol=1e-5)
+    assert torch.allclose(predicted, stepwise, atol=1e-4)
+    assert (predicted < 0).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_beam_search_equals_brute_force(model, tiny_data):
+    """With as many beams as items, beam search ranks exactly as scoring every item's SID."""
+    _, _, test_data, net, _ = build(model, tiny_data, beam_size=64)
+    inter = histories(test_data, n=4)
+    seq, seq_len = inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN]
+    with torch.no_grad():
+        full = net.full_sort_predict(inter)
+        n_real = net.n_items - 1
+        brute = torch.stack([
+            net.target_log_probs(
+                {net.ITEM_SEQ: seq[u : u + 1].expand(n_real, -1),
+                 net.ITEM_SEQ_LEN: seq_len[u : u + 1].expand(n_real)},
+                torch.arange(1, net.n_items),
+            ).sum(-1)
+            for u in range(len(seq))
+        ])
+    assert full.shape == (len(seq), net.n_items)
+    assert torch.isinf(full[:, 0]).all()
+    assert torch.allclose(full[:, 1:], brute, atol=1e-4)
+    assert torch.equal(full[:, 1:].topk(10).indices, brute.topk(10).indices)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_small_beam_returns_distinct_real_items(model, tiny_data):
+    _, _, test_data, net, _ = build(model, tiny_data)
+    inter = histories(test_data)
+    with torch.no_grad():
+        items, scores = net.generate(inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN])
+    assert items.shape == (len(items), net.beam_size)
+    assert (items >= 1).all() and torch.isfinite(scores).all()
+    assert all(len(set(row.tolist())) == net.beam_size for row in items)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_beam_smaller_than_topk_is_an_error(tiny_data):
+    with pytest.raises(ValueError, match="beam_size=5 is smaller than the largest topk=10"):
+        build("TIGER", tiny_data, beam_size=5)
+
+
+def test_left_pad():
+    from recbole_semprune.model.decoder_only import DecoderOnlySID
+
+    seq = torch.tensor([[4, 5, 6, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    out = DecoderOnlySID.left_pad(seq, torch.tensor([3, 1, 5]))
+    assert out.tolist() == [[0, 0, 4, 5, 6], [0, 0, 0, 0, 7], [1, 2, 3, 4, 5]]
+
+
+def test_dense_loss_trains_on_the_whole_stream(tiny_data):
+    _, train_data, _, net, _ = build("DecoderOnlySID", tiny_data, dense_loss=True)
+    net.train()
+    batch = next(iter(train_data))
+    dense = net.calculate_loss(batch)
+    dense.backward()
+    assert torch.isfinite(dense)
+    assert net.token_embedding.weight.grad.abs().sum() > 0
+    net.dense_loss = False
+    torch.manual_seed(0)
+    net.eval()
+    target_only = net.calculate_loss(batch)
+    net.dense_loss = True
+    assert not torch.isclose(net.calculate_loss(batch), target_only)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_trained_checkpoint_reloads_to_identical_metrics(model, tiny_data, monkeypatch):
+    result = run_recbole_semprune(model=model, dataset="tiny", config_dict=dict(tiny_data, **SMALL))
+    # reloading must take the codes from the checkpoint, not rebuild them
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("semantic IDs were rebuilt")
+
+    monkeypatch.setattr("recbole_semprune.model.sid_recommender.build_semantic_ids", no_rebuild)
+    config, net, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    again = trainer.evaluate(test_data, load_best_model=False)
+    assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cli_trains_and_evaluates(model, tiny_data, workdir):
+    settings = dict(tiny_data, **SMALL)
+    settings.pop("state")
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(settings))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "run_recbole_semprune.py"), f"--model={model}", "--dataset=tiny",
+         "--config_files=tiny.yaml", "--state=INFO"],
+        capture_output=True, text=True, cwd=workdir,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "tokens/s" in log and "peak memory" in log
+    assert "test result" in log and "ndcg@10" in log
