@@ -78,9 +78,9 @@ def write_dataset(root, name, items, sequences):
                 f.write(f"{user}\t{token}\t{step}\n")
 
 
-def synthetic_split(root, name, **settings):
+def synthetic_split(root, name, model="SASRec", **settings):
     config = Config(
-        model="SASRec",
+        model=model,
         dataset=name,
         config_dict={
             "data_path": str(root),
@@ -257,11 +257,13 @@ def test_collaborative_backend(ml100k):
 # ----------------------------------------------------------------------------- fallbacks, dedup
 
 
-def test_collaborative_fallback_for_items_without_text(tmp_path, caplog):
+@pytest.mark.parametrize("model", ["SASRec", "BPR"])  # sequential and general training splits
+def test_collaborative_fallback_for_items_without_text(tmp_path, caplog, model):
     two_families(tmp_path)
     config, _, train = synthetic_split(
-        tmp_path, "families", sid_levels=2, sid_codebook_size=2, sid_dedup_size=4
+        tmp_path, "families", model, sid_levels=2, sid_codebook_size=2, sid_dedup_size=4
     )
+    assert ("item_id_list" in train.inter_feat.columns) == (model == "SASRec")
     with caplog.at_level(logging.INFO):
         sids = build_semantic_ids(config, train)
     meta = sids.meta
@@ -473,8 +475,10 @@ def test_sentence_backend_without_package(ml100k):
     else:
         pytest.skip("sentence-transformers is installed: the missing-package error cannot occur")
     config, _, train = ml100k
+    before = os.environ.get("HF_HUB_OFFLINE")
     with pytest.raises(RuntimeError, match="optional package sentence-transformers"):
         build_semantic_ids(with_settings(config, sid_embedding="sentence"), train)
+    assert os.environ.get("HF_HUB_OFFLINE") == before  # offline flag only set while loading
 
 
 def test_sentence_backend(ml100k):
@@ -508,13 +512,15 @@ def test_parse_args():
 
 def test_command_line_prints_diagnostics(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # RecBole's logger writes ./log
-    monkeypatch.setattr("sys.argv", ["sid"])  # RecBole's Config also reads sys.argv
+    # settings on the real command line must not leak in: main() reads only its argv
+    monkeypatch.setattr("sys.argv", ["sid", "--sid_codebook_size=8"])
     sids = sid_main(
         ["--dataset=ml-100k", "--model=SASRec", f"--checkpoint_dir={tmp_path}",
          "--sid_codebook_size=16", "--sid_embedding_dim=32", "--sid_kmeans_iters=10"]
     )
     out = capsys.readouterr().out
     assert "Semantic IDs of ml-100k: 4 levels" in out
+    assert sids.level_sizes[:3] == [16, 16, 16]
     assert "collision rate before dedup" in out and "largest collision group" in out
     assert f"{sids.meta['collision_rate']:.4f}" in out
     assert os.path.isfile(sids.meta["cache_path"])

@@ -58,12 +58,18 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else argv
     model, dataset_name, config_files, config_dict = parse_args(argv)
-    config = Config(
-        model=model,
-        dataset=dataset_name,
-        config_file_list=config_files,
-        config_dict=config_dict,
-    )
+    # RecBole's Config also parses sys.argv; hide it so `argv` (as parsed above) is the only
+    # source of command-line settings, also when main() is called from Python.
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        config = Config(
+            model=model,
+            dataset=dataset_name,
+            config_file_list=config_files,
+            config_dict=config_dict,
+        )
+    finally:
+        sys.argv = saved_argv
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

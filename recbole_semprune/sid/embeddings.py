@@ -130,27 +130,43 @@ def tfidf_embeddings(texts, dim, char_ngrams, seed):
 # --------------------------------------------------------------------------- sentence
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _load_sentence_model(model_name):
+    """The sentence-transformers model, from local files only (offline flags forced while
+    loading, then restored)."""
+    saved = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
+    os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
+    try:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as error:
+            raise RuntimeError(
+                "sid_embedding=sentence needs the optional package sentence-transformers "
+                "(pip install 'recbole-semprune[sentence]' or pip install "
+                "sentence-transformers); the default sid_embedding=tfidf needs nothing extra."
+            ) from error
+        try:
+            return SentenceTransformer(model_name, device="cpu", local_files_only=True)
+        except Exception as error:  # OSError / ValueError / huggingface_hub errors
+            raise RuntimeError(
+                f"sentence-transformers model '{model_name}' is not available locally and "
+                "models are never downloaded at run time. Download it once beforehand (e.g. "
+                f"`SentenceTransformer('{model_name}')` with network access) or set "
+                "sid_sentence_model to a local model folder; sid_embedding=tfidf needs no model."
+            ) from error
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def sentence_embeddings(texts, model_name):
-    """Vectors from a local sentence-transformers model; never downloads anything."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as error:
-        raise RuntimeError(
-            "sid_embedding=sentence needs the optional package sentence-transformers "
-            "(pip install 'recbole-semprune[sentence]' or pip install sentence-transformers); "
-            "the default sid_embedding=tfidf needs nothing extra."
-        ) from error
-    try:
-        model = SentenceTransformer(model_name, device="cpu", local_files_only=True)
-    except Exception as error:  # sentence-transformers raises OSError / ValueError / HF errors
-        raise RuntimeError(
-            f"sentence-transformers model '{model_name}' is not available locally and models "
-            "are never downloaded at run time. Download it once beforehand (e.g. "
-            f"`SentenceTransformer('{model_name}')` with network access) or set "
-            "sid_sentence_model to a local model folder; sid_embedding=tfidf needs no model."
-        ) from error
+    """Unit vectors from a local sentence-transformers model; never downloads anything."""
+    model = _load_sentence_model(model_name)
     vectors = model.encode(
         list(texts), batch_size=64, show_progress_bar=False, normalize_embeddings=True
     )
