@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""RASTP sweep: prune_layer x keep_ratio x prune_scorer (x keep_ratio_mode) under one budget.
+
+Every point is one run of the plugin benchmark (``recbole_semprune.benchmark``: a fresh worker
+process, the same dataset, split, seed, budget and evaluated users), plus a first, unpruned
+point (``prune_scorer=none``, i.e. TIGER) that the speed-ups are measured against. Writes
+
+    <output>/sweep.csv    one row per point: settings, cost, speed-up, kept tokens, metrics
+    <output>/sweep.png    speed-up vs accuracy (needs matplotlib; skipped with a message)
+    <output>/<point>/     the benchmark's own tables and worker log of each point
+
+The CSV is rewritten after every point, so a stopped sweep keeps what it ran. Example (the
+full run of docs/rastp.md)::
+
+    python scripts/rastp_sweep.py --data_path=../shared/datasets --dataset=amazon-beauty \\
+        --prune_layers=1,2,3 --keep_ratios=0.25,0.3333,0.5 \\
+        --scorers=rastp,attention,saliency_l1,random --max_steps=300 --eval_max_users=2000 \\
+        --threads=1
+
+Extra ``--KEY=VALUE`` arguments go to every run (as on the benchmark's command line).
+"""
+
+import argparse
+import csv
+import datetime
+import itertools
+import logging
+import os
+import re
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from recbole_semprune.benchmark import BenchmarkError, report, run_benchmark  # noqa: E402
+
+logger = logging.getLogger("rastp_sweep")
+
+SETTINGS = ["prune_layer", "keep_ratio", "prune_scorer", "keep_ratio_mode"]
+PRUNING_LINE = re.compile(
+    r"token pruning: kept ([\d.]+) of ([\d.]+) tokens per history \(([\d.]+)%\), "
+    r"sequence length ([\d.]+) -> ([\d.]+)"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+KEPT_COLUMNS = ["kept_tokens_per_history", "tokens_per_history", "kept_fraction",
+                "padded_length", "pruned_length"]
+
+
+def _list(cast):
+    def parse(text):
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error))
+
+    return parse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Sweep RASTP settings with recbole_semprune.benchmark; CSV + PNG.",
+        epilog="Any other --KEY=VALUE is a config key for every run, e.g. --n_layers=4.",
+    )
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument("--prune_layers", type=_list(int), default=[1, 2, 3])
+    parser.add_argument("--keep_ratios", type=_list(float), default=[0.25, 0.3333, 0.5])
+    parser.add_argument("--scorers", type=_list(str),
+                        default=["rastp", "attention", "saliency_l1", "random"])
+    parser.add_argument("--keep_ratio_modes", type=_list(str), default=["batch"])
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max_steps", type=int, help="optimisation steps per point (default 300)")
+    budget.add_argument("--epochs", type=int, help="full epochs per point")
+    parser.add_argument("--eval_max_users", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--valid", action="store_true", help="also report validation metrics")
+    parser.add_argument("--metric", default="ndcg@10", help="accuracy axis of the plot")
+    parser.add_argument("--output", default=None,
+                        help="output folder (default bench_out/rastp-sweep-<dataset>-<time>)")
+    return parser
+
+
+def grid(args):
+    """The points: the unpruned baseline first, then every combination."""
+    points = [{"prune_scorer": "none"}]
+    for layer, ratio, scorer, mode in itertools.product(
+        args.prune_layers, args.keep_ratios, args.scorers, args.keep_ratio_modes
+    ):
+        points.append({"prune_layer": layer, "keep_ratio": ratio, "prune_scorer": scorer,
+                       "keep_ratio_mode": mode})
+    return points
+
+
+def point_name(point):
+    if point["prune_scorer"] == "none":
+        return "unpruned"
+    return (f"{point['prune_scorer']}-p{point['prune_layer']}-k{point['keep_ratio']:g}"
+            f"-{point['keep_ratio_mode']}")
+
+
+def benchmark_argv(args, point, extra, output):
+    budget = f"--epochs={args.epochs}" if args.epochs else f"--max_steps={args.max_steps or 300}"
+    argv = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", "--models=RASTP",
+            budget, f"--output={output}"]
+    if args.eval_max_users:
+        argv.append(f"--eval_max_users={args.eval_max_users}")
+    if args.threads:
+        argv.append(f"--threads={args.threads}")
+    if args.valid:
+        argv.append("--valid")
+    return argv + [f"--{key}={value}" for key, value in point.items()] + extra
+
+
+def pruning_stats(worker_log):
+    """The last per-epoch 'token pruning' line of a worker's log, as numbers ({} if none)."""
+    try:
+        with open(worker_log, encoding="utf-8", errors="replace") as f:
+            matches = PRUNING_LINE.findall(ANSI.sub("", f.read()))
+    except OSError:
+        return {}
+    if not matches:
+        return {}
+    kept, total, percent, padded, pruned = (float(v) for v in matches[-1])
+    return {"kept_tokens_per_history": kept, "tokens_per_history": total,
+            "kept_fraction": percent / 100, "padded_length": padded, "pruned_length": pruned}
+
+
+def run_point(args, point, extra, output):
+    name = point_name(point)
+    folder = os.path.join(output, name)
+    row = {"point": name, **{key: point.get(key, "") for key in SETTINGS}}
+    try:
+        _, _, rows = run_benchmark(benchmark_argv(args, point, extra, folder))
+    except BenchmarkError as error:
+        return dict(row, status="failed", error=str(error))
+    flat = report.flat_rows(rows, baseline=None)[0]
+    flat.update(pruning_stats(os.path.join(folder, "RASTP", "worker.log")))
+    return dict(row, **flat, output=folder)
+
+
+def add_speedups(rows):
+    """Speed-ups against the unpruned point (its seconds / this point's seconds)."""
+    base = next((r for r in rows if r["point"] == "unpruned" and r.get("status") == "ok"), None)
+    for row in rows:
+        for column, source in (("train_speedup", "train_seconds_per_step"),
+                               ("eval_speedup", "eval_seconds")):
+            ok = base is not None and row.get("status") == "ok" and row.get(source)
+            row[column] = base[source] / row[source] if ok else None
+
+
+def write_csv(path, rows):
+    metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
+    columns = (["point"] + SETTINGS + ["status", "train_seconds_per_step", "train_speedup",
+               "eval_seconds", "eval_speedup", "tokens_per_second", "peak_memory_mb"]
+               + KEPT_COLUMNS + metrics
+               + ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
+                  "params", "error", "output"])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+
+
+def write_plot(path, rows, metric, title):
+    """Speed-up (x) vs ``metric`` (y): colour = scorer, marker = prune_layer, label = ratio."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: %s skipped (pip install matplotlib)", path)
+        return False
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("train_speedup") is not None
+          and r.get(metric) is not None]
+    if not ok:
+        logger.warning("no finished point has %s: %s skipped", metric, path)
+        return False
+    scorers = sorted({r["prune_scorer"] for r in ok if r["prune_scorer"] != "none"})
+    layers = sorted({r["prune_layer"] for r in ok if r["prune_layer"] != ""})
+    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(scorers)}
+    markers = {layer: "osD^v<>ph"[i % 9] for i, layer in enumerate(layers)}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for row in ok:
+        if row["prune_scorer"] == "none":
+            ax.axhline(row[metric], color="grey", linestyle="--", linewidth=1)
+            ax.scatter([1.0], [row[metric]], color="black", marker="*", s=120, zorder=3)
+            continue
+        ax.scatter([row["train_speedup"]], [row[metric]], color=colors[row["prune_scorer"]],
+                   marker=markers[row["prune_layer"]], s=45, zorder=3)
+        ax.annotate(f"{row['keep_ratio']:g}", (row["train_speedup"], row[metric]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    handles = [plt.Line2D([], [], color="black", marker="*", linestyle="", label="unpruned")]
+    handles += [plt.Line2D([], [], color=colors[s], marker="o", linestyle="", label=s)
+                for s in scorers]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[layer], linestyle="",
+                           label=f"prune_layer {layer}") for layer in layers]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xlabel("training speed-up vs unpruned (seconds/step ratio); labels: keep_ratio")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not re.match(r"^--[A-Za-z_][\w.-]*=", a)]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config keys are --key=value)")
+    clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in SETTINGS]
+    if clash:
+        parser.error(f"{' '.join(clash)}: the sweep sets these keys itself")
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    now = datetime.datetime.now()
+    output = args.output or os.path.join("bench_out", f"rastp-sweep-{args.dataset}-{now:%Y%m%d-%H%M%S}")
+    os.makedirs(output, exist_ok=True)
+    points = grid(args)
+    rows = []
+    for index, point in enumerate(points, 1):
+        logger.info("[%d/%d] %s", index, len(points), point_name(point))
+        rows.append(run_point(args, point, extra, output))
+        add_speedups(rows)
+        write_csv(os.path.join(output, "sweep.csv"), rows)
+    budget = f"epochs={args.epochs}" if args.epochs else f"max_steps={args.max_steps or 300}"
+    title = f"RASTP sweep, {args.dataset}, {budget}, eval users: {args.eval_max_users or 'all'}"
+    if write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title):
+        logger.info("plot: %s", os.path.join(output, "sweep.png"))
+    logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
+    return 1 if any(r.get("status") != "ok" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
