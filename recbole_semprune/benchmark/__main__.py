@@ -1,0 +1,5 @@
+import sys
+
+from recbole_semprune.benchmark.cli import main
+
+sys.exit(main())

@@ -1,0 +1,353 @@
+"""One model of a benchmark: build, train under the budget, evaluate, return a JSON-able dict.
+
+The parent (:mod:`recbole_semprune.benchmark.cli`) runs every model in a fresh process::
+
+    python -m recbole_semprune.benchmark.worker SPEC.json
+
+which reads the spec, calls :func:`run_model` and writes the result next to it
+(``spec["result_path"]``). :func:`run_model` also works in-process (tests, ``--in_process``),
+where peak memory is that of the shared process.
+
+The model, dataset, splits and trainer are built exactly as a run builds them
+(:func:`recbole_semprune.quick_start._build`), and training goes through the trainer's own
+``fit``: the benchmark only bounds the budget (a train loader cut to ``max_steps`` batches, or
+``epochs`` full epochs), switches off checkpoints and early stopping, and reads the figures the
+plugin :class:`~recbole_semprune.trainer.Trainer` records per epoch (``epoch_stats``).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import warnings
+from time import perf_counter, process_time
+
+import numpy as np
+import torch
+
+SPEC_VERSION = 1
+TRAINED_FILE = "trained.json"  # the training figures, written before evaluation starts
+
+
+class StepBudgetLoader:
+    """A train loader that yields exactly ``steps`` batches per pass.
+
+    When ``steps`` exceeds the loader's length it starts the loader again (a new shuffled pass),
+    so that the model always takes ``steps`` optimisation steps. Every other attribute is the
+    wrapped loader's, so the trainer sees the same dataset, sampler and flags.
+    """
+
+    def __init__(self, loader, steps):
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.loader = loader
+        self.steps = steps
+
+    def __iter__(self):
+        produced = 0
+        while produced < self.steps:
+            passed = 0
+            for batch in self.loader:
+                passed += 1
+                produced += 1
+                yield batch
+                if produced >= self.steps:
+                    return
+            if passed == 0:
+                raise RuntimeError("the train loader yields no batch: nothing to train on")
+
+    def __len__(self):
+        return self.steps
+
+    def __getattr__(self, name):
+        if name == "loader":  # not yet set (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+def _user_order(loader):
+    """User ids of an evaluation loader in the order it yields them (first occurrence)."""
+    dataset = loader._dataset
+    if hasattr(loader, "uid_list"):  # general full-sort loader: one entry per user, sorted
+        uids = np.asarray(loader.uid_list)
+    else:  # sequential / sampled loaders iterate the dataset's rows in order
+        uids = dataset.inter_feat[dataset.uid_field].numpy()
+    _, first = np.unique(uids, return_index=True)
+    return uids[np.sort(first)]
+
+
+def first_users_loader(loader, max_users):
+    """The evaluation loader restricted to the first ``max_users`` users it yields.
+
+    Deterministic (evaluation loaders do not shuffle), so every model of a benchmark sees the
+    same users. Returns ``(loader, user_ids)``; the original loader when it has no more users.
+    """
+    users = _user_order(loader)
+    if max_users is None or len(users) <= max_users:
+        return loader, users
+    keep = users[:max_users]
+    dataset = loader._dataset
+    rows = np.flatnonzero(np.isin(dataset.inter_feat[dataset.uid_field].numpy(), keep))
+    subset = dataset.copy(dataset.inter_feat[torch.from_numpy(rows)])
+    return type(loader)(loader.config, subset, loader._sampler, shuffle=False), keep
+
+
+def _users_fingerprint(dataset, uids):
+    tokens = dataset.id2token(dataset.uid_field, uids)
+    return hashlib.sha1("\n".join(map(str, tokens)).encode("utf-8")).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def clean_argv():
+    """Hide this process's command line from RecBole's Config (it parses every ``--k=v``)."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "recbole_semprune.benchmark"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def device_name(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_config(spec):
+    """The plugin Config of one benchmark model (command line hidden, overrides as a dict)."""
+    from recbole_semprune.config import Config
+
+    with clean_argv():
+        return Config(
+            model=spec["model"],
+            dataset=spec["dataset"],
+            config_file_list=spec.get("config_files") or None,
+            config_dict=dict(spec.get("config_dict") or {}),
+        )
+
+
+def _epoch_figures(stats, budget, steps_per_epoch):
+    steps = sum(s["steps"] for s in stats)
+    seconds = sum(s["seconds"] for s in stats)
+    tokens = sum(s["tokens"] for s in stats)
+    per_step = seconds / steps if steps else float("nan")
+    if budget["mode"] == "epochs":
+        per_epoch, source = seconds / len(stats), "measured"
+    else:
+        per_epoch, source = per_step * steps_per_epoch, "extrapolated"
+    return {
+        "train_steps": steps,
+        "train_seconds": seconds,
+        "train_seconds_per_step": per_step,
+        "train_seconds_per_epoch": per_epoch,
+        "epoch_time_source": source,
+        "train_tokens": tokens,
+        "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in stats),
+    }
+
+
+def run_model(spec, on_trained=None):
+    """Build, train and evaluate ``spec["model"]``; returns the result dict (see the docs).
+
+    ``on_trained(result)``, if given, receives the training figures before evaluation starts,
+    so that a model whose evaluation fails (or is killed) still reports its training cost.
+
+    ``spec``: ``model``, ``dataset``, ``config_files``, ``config_dict`` (as RecBole's Config
+    takes them), ``budget`` (``{"mode": "epochs" | "max_steps", "value": N}``),
+    ``eval_max_users``, ``valid``, ``threads`` (torch intra-op threads, None = torch's
+    default), ``report_keys`` (config keys copied into the result), ``init_logger``.
+    """
+    budget = spec["budget"]
+    if budget["mode"] not in ("epochs", "max_steps") or int(budget["value"]) < 1:
+        raise ValueError(f"bad budget {budget!r}: mode epochs or max_steps, value >= 1")
+    threads = torch.get_num_threads()
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    try:
+        return _run_model(spec, budget, on_trained)
+    finally:
+        torch.set_num_threads(threads)  # in-process runs leave the caller's setting as it was
+
+
+def _run_model(spec, budget, on_trained):
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_semprune.quick_start import _build
+    from recbole_semprune.trainer import PeakMemory
+
+    config = build_config(spec)
+    if spec.get("init_logger"):
+        init_logger(config)
+    init_seed(config["seed"], config["reproducibility"])
+
+    start = perf_counter()
+    _, train_data, valid_data, test_data, model, trainer = _build(config)
+    build_seconds = perf_counter() - start
+    if not hasattr(trainer, "epoch_stats"):
+        raise RuntimeError(
+            f"{spec['model']} trains with {type(trainer).__module__}.{type(trainer).__name__}, "
+            "which does not record epoch_stats (recbole_semprune.trainer.Trainer does): the "
+            "benchmark cannot time it."
+        )
+
+    steps_per_epoch = len(train_data)
+    if budget["mode"] == "epochs":
+        epochs, loader = int(budget["value"]), train_data
+    else:
+        epochs, loader = 1, StepBudgetLoader(train_data, int(budget["value"]))
+    # a fixed budget: every epoch trains, validation (if asked) never stops the run early
+    trainer.epochs = epochs
+    trainer.stopping_step = epochs + 1
+    trainer.eval_step = 1
+    validations = []
+    if spec.get("valid"):
+        valid_epoch = trainer._valid_epoch
+
+        def timed_valid_epoch(valid_data, show_progress=False):
+            begin, begin_cpu = perf_counter(), process_time()
+            score, result = valid_epoch(valid_data, show_progress=show_progress)
+            validations.append({
+                "seconds": perf_counter() - begin,
+                "cpu_seconds": process_time() - begin_cpu,
+                "result": dict(result),
+            })
+            return score, result
+
+        trainer._valid_epoch = timed_valid_epoch
+
+    with PeakMemory(config["device"]) as before:  # an empty window: memory held before training
+        pass
+    # CPU time of this process (all its threads) while training: unlike wall time it does not
+    # grow while other processes hold the CPU, so it compares models better on a shared machine
+    begin_cpu, load_start = process_time(), _load_average()
+    trainer.fit(
+        loader,
+        valid_data if spec.get("valid") else None,
+        verbose=True,
+        saved=False,
+        show_progress=config["show_progress"],
+    )
+    train_cpu_seconds = process_time() - begin_cpu - sum(v["cpu_seconds"] for v in validations)
+    load_end = _load_average()
+    stats = [dict(s) for s in trainer.epoch_stats]
+    if not stats:
+        raise RuntimeError(f"{spec['model']}: the trainer ran no training epoch")
+    figures = _epoch_figures(stats, budget, steps_per_epoch)
+    figures["train_cpu_seconds"] = train_cpu_seconds
+    figures["train_cpu_seconds_per_step"] = train_cpu_seconds / figures["train_steps"]
+    if budget["mode"] == "max_steps" and figures["train_steps"] != int(budget["value"]):
+        raise RuntimeError(
+            f"{spec['model']}: trained {figures['train_steps']} steps instead of "
+            f"max_steps={budget['value']}"
+        )
+
+    import recbole
+
+    device = torch.device(config["device"])
+    reported_keys = set(spec.get("config_dict") or {}) | set(spec.get("report_keys") or [])
+    result = {
+        "model": spec["model"],
+        "status": "trained",
+        "dataset": config["dataset"],
+        "budget": budget,
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps_per_epoch": steps_per_epoch,
+        **figures,
+        "memory_before_train_mb": before.peak_mb,
+        "load_average": [load_start, load_end],  # 1-min load at the start / end of training
+        "cpu_count": os.cpu_count(),
+        "build_seconds": build_seconds,
+        "epoch_stats": stats,
+        "seed": config["seed"],
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "recbole_version": recbole.__version__,
+        "python_version": platform.python_version(),
+        "trainer": f"{type(trainer).__module__}.{type(trainer).__name__}",
+        "valid_metric": str(config["valid_metric"]).lower(),
+        "config": {key: _jsonable(config[key]) for key in sorted(reported_keys) if key in config},
+    }
+    if validations:
+        result["valid_seconds"] = sum(v["seconds"] for v in validations)
+        result["valid_result"] = {k: float(v) for k, v in validations[-1]["result"].items()}
+    if on_trained is not None:
+        on_trained(dict(result))
+
+    eval_loader, eval_users = first_users_loader(test_data, spec.get("eval_max_users"))
+    with PeakMemory(config["device"]) as eval_memory:
+        begin = perf_counter()
+        test_result = trainer.evaluate(
+            eval_loader, load_best_model=False, show_progress=config["show_progress"]
+        )
+        eval_seconds = perf_counter() - begin
+    result.update({
+        "status": "ok",
+        "eval_users": int(len(eval_users)),
+        "eval_users_total": int(len(_user_order(test_data))),
+        "eval_users_fingerprint": _users_fingerprint(test_data._dataset, eval_users),
+        "eval_seconds": eval_seconds,
+        "eval_peak_memory_mb": eval_memory.peak_mb,
+        "test_result": {k: float(v) for k, v in test_result.items()},
+    })
+    return result
+
+
+def _load_average():
+    """The machine's 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def main(argv=None):
+    """Subprocess entry: ``python -m recbole_semprune.benchmark.worker SPEC.json``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m recbole_semprune.benchmark.worker SPEC.json", file=sys.stderr)
+        return 2
+    # RecBole's pandas / torch.cuda.amp deprecation warnings say nothing about the benchmark
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+    with open(argv[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    if spec.get("version") != SPEC_VERSION:
+        print(f"spec version {spec.get('version')} != {SPEC_VERSION}", file=sys.stderr)
+        return 2
+    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
+    result = run_model(spec, on_trained=lambda partial: write_json(trained_path, partial))
+    write_json(spec["result_path"], result)
+    return 0
+
+
+def write_json(path, data):
+    """Write ``data`` to ``path`` atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

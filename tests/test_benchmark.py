@@ -1,0 +1,390 @@
+"""The benchmark command: one protocol for several models, one table (docs/benchmarks.md)."""
+
+import contextlib
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, write_atomic
+from recbole_semprune.benchmark import main, parse_args
+from recbole_semprune.benchmark import report
+from recbole_semprune.benchmark.worker import StepBudgetLoader
+
+# tiny models; one torch thread keeps steps fast and steady on a busy CPU
+TINY = [
+    "--hidden_size=16",
+    "--inner_size=32",
+    "--n_layers=1",
+    "--n_heads=2",
+    "--train_batch_size=256",
+    "--state=WARNING",
+    "--show_progress=False",
+    "--threads=1",
+]
+ML100K = ["--dataset=ml-100k", "--max_steps=3", "--eval_max_users=50", *TINY]
+REQUIRED = [
+    "model",
+    "train_steps",
+    "train_seconds_per_step",
+    "train_seconds_per_epoch",
+    "epoch_time_source",
+    "tokens_per_second",
+    "peak_memory_mb",
+    "eval_seconds",
+    "params",
+]
+METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10", "hit@10"]
+
+
+def run_main(argv, cwd):
+    """``main(argv)`` in ``cwd`` (RecBole writes log/ there): ``(status, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(argv)
+    return status, out.getvalue(), err.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory):
+    """SASRec and BERT4Rec on ml-100k, each in its own worker process (the default)."""
+    work = tmp_path_factory.mktemp("bench")
+    output = work / "out"
+    status, stdout, stderr = run_main(
+        ["--models=SASRec,BERT4Rec", *ML100K, f"--output={output}"], work
+    )
+    return {"status": status, "stdout": stdout, "stderr": stderr, "output": output}
+
+
+def test_results_csv(ml100k):
+    assert ml100k["status"] == 0, ml100k["stderr"][-3000:]
+    rows = read_csv(ml100k["output"] / "results.csv")
+    assert [r["model"] for r in rows] == ["SASRec", "BERT4Rec"]
+    columns = list(rows[0])
+    assert columns[: len(REQUIRED)] == REQUIRED
+    assert set(METRICS) <= set(columns)
+    # the metrics follow the cost columns, in RecBole's order and spelling
+    assert columns.index("recall@5") == len(REQUIRED)
+    for row in rows:
+        assert row["status"] == "ok"
+        assert int(row["train_steps"]) == 3
+        assert row["epoch_time_source"] == "extrapolated"
+        for column in (
+            "train_seconds_per_step",
+            "train_cpu_seconds_per_step",
+            "train_seconds_per_epoch",
+            "tokens_per_second",
+            "peak_memory_mb",
+            "eval_seconds",
+        ):
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, (column, value)
+        # extrapolated: seconds/step x the length of the full train loader
+        steps_per_epoch = int(row["steps_per_epoch"])
+        assert steps_per_epoch > 3
+        assert float(row["train_seconds_per_epoch"]) == pytest.approx(
+            float(row["train_seconds_per_step"]) * steps_per_epoch
+        )
+        assert int(row["params"]) > 0
+        assert int(row["eval_users"]) == 50
+        for metric in METRICS:
+            assert 0.0 <= float(row[metric]) <= 1.0
+    assert float(rows[0]["train_seconds_per_step_ratio"]) == 1.0
+    assert float(rows[1]["peak_memory_ratio"]) == pytest.approx(
+        float(rows[1]["peak_memory_mb"]) / float(rows[0]["peak_memory_mb"])
+    )
+
+
+def test_same_eval_users_and_seed_for_every_model(ml100k):
+    results = json.loads((ml100k["output"] / "results.json").read_text())
+    rows = results["rows"]
+    assert {r["eval_users_fingerprint"] for r in rows} == {rows[0]["eval_users_fingerprint"]}
+    assert {r["eval_users_total"] for r in rows} == {943}
+    assert {r["seed"] for r in rows} == {2020}
+    assert {r["torch_threads"] for r in rows} == {1}
+    assert results["meta"]["budget"] == {"mode": "max_steps", "value": 3}
+
+
+def test_results_markdown_and_saved_inputs(ml100k):
+    markdown = (ml100k["output"] / "results.md").read_text()
+    header, table = markdown.split("\n\n| ", 1)
+    assert "# Benchmark: ml-100k" in header
+    assert "max_steps=3" in header and "--eval_max_users=50" in header
+    assert "seed: 2020" in header
+    assert "device: cpu" in header
+    assert "torch " in header and "recbole 1.2.1" in header
+    assert "- date: " in header
+    command = "python -m recbole_semprune.benchmark --models=SASRec,BERT4Rec --dataset=ml-100k"
+    assert command in header
+    lines = ("| " + table).splitlines()
+    assert lines[0].startswith("| model | train_steps | train_seconds_per_step |")
+    for ratio in ("train_seconds_per_step_ratio", "train_cpu_seconds_per_step_ratio",
+                  "peak_memory_ratio", "eval_seconds_ratio"):
+        assert f"| {ratio} |" in lines[0]
+    assert lines[2].startswith("| SASRec | 3 |") and lines[3].startswith("| BERT4Rec | 3 |")
+    assert "1.00x" in lines[2]
+    # the table is printed at the end
+    assert "| SASRec | 3 |" in ml100k["stdout"] and "| BERT4Rec | 3 |" in ml100k["stdout"]
+    for model in ("SASRec", "BERT4Rec"):
+        folder = ml100k["output"] / model
+        overrides = json.loads((folder / "overrides.json").read_text())
+        assert overrides["global"]["hidden_size"] == "16"
+        assert overrides["model"] == {}
+        result = json.loads((folder / "result.json").read_text())
+        assert result["model"] == model and result["train_steps"] == 3
+        assert result["config"]["hidden_size"] == 16
+        assert (folder / "worker.log").is_file()
+
+
+def _one_transformer_layer_params():
+    from recbole.model.layers import TransformerLayer
+
+    layer = TransformerLayer(2, 16, 32, 0.5, 0.5, "gelu", 1e-12)
+    return sum(p.numel() for p in layer.parameters())
+
+
+def test_per_model_override_reaches_only_that_model(ml100k, tmp_path):
+    """--SASRec.n_layers=2 adds one transformer layer to SASRec and nothing to BERT4Rec."""
+    status, _, stderr = run_main(
+        ["--models=SASRec,BERT4Rec", *ML100K, "--SASRec.n_layers=2", "--in_process",
+         f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 0, stderr[-3000:]
+    base = {r["model"]: int(r["params"]) for r in read_csv(ml100k["output"] / "results.csv")}
+    rows = {r["model"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
+    assert int(rows["SASRec"]["params"]) == base["SASRec"] + _one_transformer_layer_params()
+    assert int(rows["BERT4Rec"]["params"]) == base["BERT4Rec"]
+    sasrec = json.loads((tmp_path / "out" / "SASRec" / "result.json").read_text())
+    bert = json.loads((tmp_path / "out" / "BERT4Rec" / "result.json").read_text())
+    assert sasrec["config"]["n_layers"] == 2 and bert["config"]["n_layers"] == 1
+    assert json.loads((tmp_path / "out" / "SASRec" / "overrides.json").read_text())["model"] == {
+        "n_layers": "2"
+    }
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "overrides for SASRec only: `n_layers=2`" in markdown
+
+
+def test_crashing_workers_are_reported_and_the_others_still_run(tmp_path):
+    """GRU4Rec's worker process dies building the model, BERT4Rec's in evaluation (after
+    training); SASRec's still runs (tiny data, default subprocess workers)."""
+    config = tiny_dataset(tmp_path / "data")
+    status, stdout, stderr = run_main(
+        ["--models=GRU4Rec,SASRec,BERT4Rec", *tiny_flags(tmp_path, config), "--max_steps=1",
+         "--GRU4Rec.dropout_prob=2", "--BERT4Rec.metric_decimal_place=x",
+         f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 1
+    # which model, and the tail of its worker's output
+    assert "GRU4Rec failed: worker exited with status 1" in stderr
+    assert "dropout probability has to be between 0 and 1" in stderr
+    assert (
+        "BERT4Rec failed: worker exited with status 1 (after training, during evaluation)"
+        in stderr
+    )
+    rows = {r["model"]: r for r in read_csv(tmp_path / "out" / "results.csv")}
+    assert rows["GRU4Rec"]["status"] == "failed" and rows["GRU4Rec"]["train_steps"] == ""
+    assert "dropout probability" in rows["GRU4Rec"]["error"]
+    assert rows["SASRec"]["status"] == "ok" and int(rows["SASRec"]["train_steps"]) == 1
+    assert rows["SASRec"]["train_seconds_per_step_ratio"] == ""  # the baseline failed
+    # BERT4Rec failed after training: its training cost is kept, its metrics are not
+    assert rows["BERT4Rec"]["status"] == "failed" and int(rows["BERT4Rec"]["train_steps"]) == 1
+    assert float(rows["BERT4Rec"]["train_seconds_per_step"]) > 0
+    assert rows["BERT4Rec"]["ndcg@5"] == "" and rows["BERT4Rec"]["eval_seconds"] == ""
+    assert "TypeError" in rows["BERT4Rec"]["error"]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| GRU4Rec | **failed** |" in markdown
+    assert "| BERT4Rec (**failed**) | 1 |" in markdown
+    assert "Failures:" in markdown and "- GRU4Rec: worker exited with status 1" in markdown
+    assert "| GRU4Rec | **failed** |" in stdout
+
+
+def test_unknown_model_fails_before_any_training(tmp_path):
+    status, stdout, stderr = run_main(
+        ["--models=SASRec,NoSuchRec", *ML100K, f"--output={tmp_path / 'out'}"], tmp_path
+    )
+    assert status == 2
+    assert "Unknown model 'NoSuchRec'" in stderr
+    assert "RecBole models:" in stderr and "BERT4Rec" in stderr  # the error lists the models
+    assert "[1/2]" not in stderr  # no model started
+    assert not (tmp_path / "out").exists()
+    assert stdout == ""
+
+
+def test_missing_dataset_fails_before_any_training(tmp_path):
+    status, _, stderr = run_main(
+        ["--models=SASRec", "--dataset=amazon-beauty", f"--data_path={tmp_path}", "--max_steps=1"],
+        tmp_path,
+    )
+    assert status == 2
+    assert "Dataset 'amazon-beauty' not found" in stderr
+
+
+def test_epochs_and_max_steps_together_is_an_error():
+    """Through `python -m`, as a user types it: argparse's usage error, status 2."""
+    process = subprocess.run(
+        [sys.executable, "-m", "recbole_semprune.benchmark", "--dataset=ml-100k",
+         "--models=SASRec", "--epochs=1", "--max_steps=10"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert process.returncode == 2
+    assert "argument --max_steps: not allowed with argument --epochs" in process.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models=SASRec"], "one of the arguments --epochs --max_steps is required"),
+        (["--models=SASRec", "--max_steps=0"], "must be >= 1"),
+        (["--models=SASRec,SASRec", "--max_steps=1"], "SASRec more than once"),
+        (["--models=SASRec", "--max_steps=1", "--baseline=GRU4Rec"], "--baseline=GRU4Rec is not"),
+        (["--models=SASRec", "--max_steps=1", "--GRU4Rec.n_layers=2"], "GRU4Rec is not one of"),
+        (["--models=SASRec", "--max_steps=1", "--SASRec.seed=1"], "seed must be the same for"),
+        (["--models=SASRec", "--max_steps=1", "--model=GRU4Rec"], "model is set by the benchmark"),
+        (["--models=SASRec", "--max_steps=1", "--hidden_size"], "are written --key=value"),
+        (["--models=SASRec", "--max_steps=1", "--n_layers=1", "--n_layers=2"], "given twice"),
+    ],
+)
+def test_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--dataset=ml-100k", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_overrides_parsing():
+    args, global_overrides, model_overrides = parse_args(
+        ["--dataset=ml-100k", "--models=SASRec, BERT4Rec", "--max_steps=5", "--hidden_size=64",
+         "--BERT4Rec.n_layers=3", "--topk=[5,10]", '--config_files=a.yaml b.yaml']
+    )
+    assert args.models == ["SASRec", "BERT4Rec"] and args.baseline == "SASRec"
+    assert args.max_steps == 5 and args.epochs is None
+    assert args.config_files == ["a.yaml", "b.yaml"]
+    assert dict(global_overrides) == {"hidden_size": "64", "topk": "[5,10]"}
+    assert model_overrides == {"SASRec": {}, "BERT4Rec": {"n_layers": "3"}}
+
+
+def tiny_dataset(folder):
+    """30 users x 8 interactions over 20 items, and the leave-one-out protocol as a config file."""
+    rows = [(u, (u * 3 + k) % 20, 1000 * u + k) for u in range(30) for k in range(8)]
+    write_atomic(folder / "bench-tiny", "bench-tiny", "inter",
+                 ["user_id:token", "item_id:token", "timestamp:float"], rows)
+    config = folder / "bench-tiny.yaml"
+    config.write_text(
+        "load_col: {inter: [user_id, item_id, timestamp]}\n"
+        "eval_args: {split: {LS: valid_and_test}, order: TO, group_by: user, mode: full}\n"
+        "train_neg_sample_args: ~\nMAX_ITEM_LIST_LENGTH: 10\n"
+        "metrics: [Recall, NDCG]\ntopk: [5]\nvalid_metric: NDCG@5\n"
+    )
+    return config
+
+
+def tiny_flags(tmp_path, config):
+    return [
+        "--dataset=bench-tiny", f"--data_path={tmp_path / 'data'}", f"--config_files={config}",
+        *[f for f in TINY if not f.startswith("--train_batch_size")], "--train_batch_size=64",
+    ]
+
+
+def test_epochs_budget_measures_full_epochs_with_validation(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    status, _, stderr = run_main(
+        ["--models=SASRec", *tiny_flags(tmp_path, config), "--epochs=2", "--valid",
+         "--in_process", f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 0, stderr[-3000:]
+    (row,) = read_csv(tmp_path / "out" / "results.csv")
+    assert row["epoch_time_source"] == "measured"
+    assert int(row["train_steps"]) == 2 * int(row["steps_per_epoch"])
+    assert float(row["train_seconds_per_epoch"]) == pytest.approx(float(row["train_seconds"]) / 2)
+    assert 0.0 <= float(row["valid_ndcg@5"]) <= 1.0 and 0.0 <= float(row["ndcg@5"]) <= 1.0
+    result = json.loads((tmp_path / "out" / "SASRec" / "result.json").read_text())
+    assert [s["epoch"] for s in result["epoch_stats"]] == [0, 1]
+    assert result["eval_users"] == result["eval_users_total"] == 30
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "2 full epoch(s) per model" in markdown and "all 30 test users" in markdown
+
+
+def test_step_budget_loader_restarts_and_delegates():
+    class Loader(list):
+        shuffle = True
+
+    loader = StepBudgetLoader(Loader([1, 2, 3]), 7)
+    assert list(loader) == [1, 2, 3, 1, 2, 3, 1]
+    assert len(loader) == 7 and loader.shuffle is True
+    assert list(StepBudgetLoader(Loader([1, 2, 3]), 2)) == [1, 2]
+    with pytest.raises(RuntimeError, match="no batch"):
+        list(StepBudgetLoader(Loader([]), 1))
+    with pytest.raises(ValueError):
+        StepBudgetLoader(Loader([1]), 0)
+
+
+def test_plot_is_optional(ml100k, tmp_path, monkeypatch, caplog):
+    rows = json.loads((ml100k["output"] / "results.json").read_text())["rows"]
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+        with caplog.at_level("INFO", logger="recbole_semprune.benchmark"):
+            assert report.write_plot(str(tmp_path / "a.png"), rows) is False
+    assert "matplotlib is not installed: skipping a.png" in caplog.text
+    assert not (tmp_path / "a.png").exists()
+    pytest.importorskip("matplotlib")
+    assert report.write_plot(str(tmp_path / "b.png"), rows, title="t") is True
+    assert (tmp_path / "b.png").stat().st_size > 0
+    assert (ml100k["output"] / "results.png").is_file()
+
+
+def test_first_users_loader_keeps_the_first_users_in_loader_order(tmp_path, monkeypatch):
+    from recbole.data import data_preparation
+
+    from recbole_semprune.benchmark.worker import build_config, first_users_loader
+    from recbole_semprune.utils import create_dataset
+
+    config_file = tiny_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    config = build_config({
+        "model": "SASRec", "dataset": "bench-tiny", "config_files": [str(config_file)],
+        "config_dict": {"data_path": str(tmp_path / "data"), "eval_batch_size": 4,
+                        "state": "WARNING"},
+    })
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    uid = config["USER_ID_FIELD"]
+
+    def users(loader):
+        return [u for batch in loader for u in batch[0][uid].tolist()]
+
+    subset, kept = first_users_loader(test_data, 7)
+    assert users(subset) == users(test_data)[:7] == list(kept)
+    assert type(subset) is type(test_data) and len(subset) == 2  # 7 users, batches of 4
+    same, kept = first_users_loader(test_data, 1000)
+    assert same is test_data and len(kept) == 30
+
+
+def test_in_process_failure_after_training_keeps_the_training_figures(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    status, _, stderr = run_main(
+        ["--models=SASRec", *tiny_flags(tmp_path, config), "--max_steps=2", "--in_process",
+         "--SASRec.metric_decimal_place=x", f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 1
+    assert "SASRec failed: TypeError" in stderr
+    (row,) = read_csv(tmp_path / "out" / "results.csv")
+    assert row["status"] == "failed" and int(row["train_steps"]) == 2
+    assert "during evaluation" in row["error"]
+    assert "ndcg@5" not in row  # no model has test metrics: no metric columns
+    assert "Traceback" in (tmp_path / "out" / "SASRec" / "worker.log").read_text()
+    trained = json.loads((tmp_path / "out" / "SASRec" / "trained.json").read_text())
+    assert trained["status"] == "trained" and trained["train_steps"] == 2
