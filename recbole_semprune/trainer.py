@@ -63,7 +63,26 @@ def count_input_tokens(model, interaction):
     return len(interaction)
 
 
-class Trainer(RecBoleTrainer):
+class CheckpointLoadingMixin:
+    """Lets any RecBole trainer read its own checkpoints on torch >= 2.6 (see ``compat``)."""
+
+    def resume_checkpoint(self, *args, **kwargs):
+        with recbole_checkpoint_loading():
+            return super().resume_checkpoint(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with recbole_checkpoint_loading():
+            return super().evaluate(*args, **kwargs)
+
+
+def with_checkpoint_loading(trainer_class):
+    """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints."""
+    if issubclass(trainer_class, CheckpointLoadingMixin):
+        return trainer_class
+    return type(trainer_class.__name__, (CheckpointLoadingMixin, trainer_class), {})
+
+
+class Trainer(CheckpointLoadingMixin, RecBoleTrainer):
     """RecBole's ``Trainer`` that also measures, per epoch, train steps, input tokens/s and peak
     memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line), and
     reads its own checkpoints on torch >= 2.6."""
@@ -71,14 +90,6 @@ class Trainer(RecBoleTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_stats = []
-
-    def resume_checkpoint(self, resume_file):
-        with recbole_checkpoint_loading():
-            super().resume_checkpoint(resume_file)
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        with recbole_checkpoint_loading():
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         base_loss = loss_func or self.model.calculate_loss

@@ -81,16 +81,17 @@ def get_model(model_name):
 
 def get_trainer(model_type, model_name):
     """Trainer class: a model's own ``trainer_class``, else RecBole's choice; RecBole's plain
-    ``Trainer`` is replaced by the plugin's, which also logs throughput and peak memory."""
+    ``Trainer`` is replaced by the plugin's, which also logs throughput and peak memory, and
+    its other trainers get the torch >= 2.6 checkpoint fix."""
     from recbole.trainer import Trainer as RecBoleTrainer
 
-    from recbole_semprune.trainer import Trainer
+    from recbole_semprune.trainer import Trainer, with_checkpoint_loading
 
     model_trainer = getattr(get_model(model_name), "trainer_class", None)
     if model_trainer is not None:
         return model_trainer
     trainer = recbole_get_trainer(model_type, model_name)
-    return Trainer if trainer is RecBoleTrainer else trainer
+    return Trainer if trainer is RecBoleTrainer else with_checkpoint_loading(trainer)
 
 
 class DatasetError(FileNotFoundError):

@@ -141,7 +141,7 @@ def test_checkpoint_loading_scope_is_restored(monkeypatch):
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
 
 
-@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec"])
+@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec", "Pop"])
 def test_recbole_baseline_runs_and_checkpoint_reloads(model, tiny_data):
     """A RecBole baseline trains through the plugin; its checkpoint reloads to the same metrics."""
     result = run_recbole_semprune(model=model, dataset="tiny", config_dict=tiny_data)
