@@ -92,3 +92,16 @@ def tiny_data(workdir):
     """``config_dict`` entries for a run on the tiny dataset (data in the temporary folder)."""
     data_path = make_tiny_dataset(workdir / "data")
     return dict(TINY, **TINY_PROTOCOL, data_path=data_path, checkpoint_dir=str(workdir / "saved"))
+
+
+def stepwise_log_probs(net, seq, seq_len, codes):
+    """Sequence log-probability of ``codes`` [B, L] through the model's KV-cached generation
+    path, one level at a time (what beam search scores)."""
+    import torch
+
+    state, step, _ = net.generation_state(seq, seq_len)
+    total = torch.zeros(len(codes))
+    for level in range(net.n_levels):
+        log_probs, state = step(state, codes[:, :level], level)
+        total += log_probs.gather(1, codes[:, level : level + 1]).squeeze(1)
+    return total

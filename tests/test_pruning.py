@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from conftest import stepwise_log_probs
 from recbole_semprune.config import Config
 from recbole_semprune.model import pruning
 from recbole_semprune.model.layers import MultiHeadAttention
@@ -300,11 +301,7 @@ def test_generation_prunes_as_training_does(backbone, tiny_data):
     codes = net.codes[items]
     with torch.no_grad():
         predicted = net.predict({net.ITEM_SEQ: seq, net.ITEM_SEQ_LEN: seq_len, net.ITEM_ID: items})
-        state, step, _ = net.generation_state(seq, seq_len)
-        stepwise = torch.zeros(len(items))
-        for level in range(net.n_levels):
-            log_probs, state = step(state, codes[:, :level], level)
-            stepwise += log_probs.gather(1, codes[:, level : level + 1]).squeeze(1)
+        stepwise = stepwise_log_probs(net, seq, seq_len, codes)
     assert torch.allclose(predicted, stepwise, atol=1e-4)
 
 

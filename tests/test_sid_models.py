@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, stepwise_log_probs
 from recbole_semprune.config import Config
 from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
 from recbole_semprune.utils import get_trainer
@@ -52,11 +52,7 @@ def test_predict_is_sum_of_level_log_probs_and_matches_cached_decoding(model, ti
             for level in range(net.n_levels)
         )
         # the same log-probabilities, step by step through the KV-cached generation path
-        state, step, reorder = net.generation_state(seq, seq_len)
-        stepwise = torch.zeros(len(items))
-        for level in range(net.n_levels):
-            log_probs, state = step(state, codes[:, :level], level)
-            stepwise += log_probs.gather(1, codes[:, level : level + 1]).squeeze(1)
+        stepwise = stepwise_log_probs(net, seq, seq_len, codes)
     assert torch.allclose(predicted, manual, atol=1e-5)
     assert torch.allclose(predicted, stepwise, atol=1e-4)
     assert (predicted < 0).all()
