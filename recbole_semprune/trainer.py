@@ -82,10 +82,22 @@ def with_checkpoint_loading(trainer_class):
     return type(trainer_class.__name__, (CheckpointLoadingMixin, trainer_class), {})
 
 
+def model_epoch_stats(model):
+    """The model's own figures of the epoch just trained (e.g. kept tokens of a pruning model):
+    ``model.pop_epoch_stats()`` if the model has it, else ``{}``."""
+    pop = getattr(model, "pop_epoch_stats", None)
+    return dict(pop()) if pop is not None else {}
+
+
 class Trainer(CheckpointLoadingMixin, RecBoleTrainer):
     """RecBole's ``Trainer`` that also measures, per epoch, train steps, input tokens/s and peak
     memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line), and
-    reads its own checkpoints on torch >= 2.6."""
+    reads its own checkpoints on torch >= 2.6.
+
+    A model may report figures of its own per epoch: ``pop_epoch_stats()`` returns them as a
+    dict (and resets them), merged into the epoch's stats; ``describe_epoch_stats(stats)``
+    returns the text appended to the epoch log line.
+    """
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -106,6 +118,7 @@ class Trainer(CheckpointLoadingMixin, RecBoleTrainer):
         stats["seconds"] = perf_counter() - start
         stats["tokens_per_second"] = stats["tokens"] / max(stats["seconds"], 1e-9)
         stats["peak_memory_mb"] = memory.peak_mb
+        stats.update(model_epoch_stats(self.model))
         self.epoch_stats.append(stats)
         return losses
 
@@ -114,10 +127,14 @@ class Trainer(CheckpointLoadingMixin, RecBoleTrainer):
         if not self.epoch_stats or self.epoch_stats[-1]["epoch"] != epoch_idx:
             return output
         stats = self.epoch_stats[-1]
+        describe = getattr(self.model, "describe_epoch_stats", None)
+        model_part = describe(stats) if describe is not None else ""
         return output[:-1] + (
             ", "
             + set_color("tokens/s", "blue")
             + f": {stats['tokens_per_second']:.0f}, "
             + set_color("peak memory", "blue")
-            + f": {stats['peak_memory_mb']:.0f} MB]"
+            + f": {stats['peak_memory_mb']:.0f} MB"
+            + (", " + model_part if model_part else "")
+            + "]"
         )

@@ -38,11 +38,6 @@ from recbole_semprune.benchmark import BenchmarkError, report, run_benchmark  # 
 logger = logging.getLogger("rastp_sweep")
 
 SETTINGS = ["prune_layer", "keep_ratio", "prune_scorer", "keep_ratio_mode"]
-PRUNING_LINE = re.compile(
-    r"token pruning: kept ([\d.]+) of ([\d.]+) tokens per history \(([\d.]+)%\), "
-    r"sequence length ([\d.]+) -> ([\d.]+)"
-)
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 KEPT_COLUMNS = ["kept_tokens_per_history", "tokens_per_history", "kept_fraction",
                 "padded_length", "pruned_length"]
 
@@ -112,20 +107,6 @@ def benchmark_argv(args, point, extra, output):
     return argv + [f"--{key}={value}" for key, value in point.items()] + extra
 
 
-def pruning_stats(worker_log):
-    """The last per-epoch 'token pruning' line of a worker's log, as numbers ({} if none)."""
-    try:
-        with open(worker_log, encoding="utf-8", errors="replace") as f:
-            matches = PRUNING_LINE.findall(ANSI.sub("", f.read()))
-    except OSError:
-        return {}
-    if not matches:
-        return {}
-    kept, total, percent, padded, pruned = (float(v) for v in matches[-1])
-    return {"kept_tokens_per_history": kept, "tokens_per_history": total,
-            "kept_fraction": percent / 100, "padded_length": padded, "pruned_length": pruned}
-
-
 def run_point(args, point, extra, output):
     name = point_name(point)
     folder = os.path.join(output, name)
@@ -135,7 +116,7 @@ def run_point(args, point, extra, output):
     except BenchmarkError as error:
         return dict(row, status="failed", error=str(error))
     flat = report.flat_rows(rows, baseline=None)[0]
-    flat.update(pruning_stats(os.path.join(folder, "RASTP", "worker.log")))
+    flat.update({key: rows[0].get(key) for key in KEPT_COLUMNS})
     return dict(row, **flat, output=folder)
 
 

@@ -34,6 +34,7 @@ REQUIRED = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "kept_fraction",
     "peak_memory_mb",
     "eval_seconds",
     "params",
@@ -388,3 +389,22 @@ def test_in_process_failure_after_training_keeps_the_training_figures(tmp_path):
     assert "Traceback" in (tmp_path / "out" / "SASRec" / "worker.log").read_text()
     trained = json.loads((tmp_path / "out" / "SASRec" / "trained.json").read_text())
     assert trained["status"] == "trained" and trained["train_steps"] == 2
+
+
+def test_pruning_models_report_their_kept_tokens(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    sid = ["--sid_embedding=collaborative", "--sid_levels=2", "--sid_codebook_size=4",
+           "--beam_size=5", "--n_dec_layers=1", "--head_size=8", "--prune_layer=1",
+           "--keep_ratio=0.5", "--keep_ratio_mode=per_history"]
+    status, _, stderr = run_main(
+        ["--models=TIGER,RASTP", *tiny_flags(tmp_path, config), *sid, "--max_steps=2",
+         "--in_process", "--baseline=TIGER", f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 0, stderr[-3000:]
+    tiger, rastp = read_csv(tmp_path / "out" / "results.csv")
+    assert tiger["kept_fraction"] == ""  # no pruning, no figure
+    # per_history keeps int(n / 2) of the n real tokens of every history
+    assert 0.3 < float(rastp["kept_fraction"]) <= 0.5
+    assert float(rastp["kept_tokens_per_history"]) < float(rastp["tokens_per_history"])
+    assert "%" in (tmp_path / "out" / "results.md").read_text()

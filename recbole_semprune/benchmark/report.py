@@ -16,6 +16,7 @@ COST_COLUMNS = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "kept_fraction",
     "peak_memory_mb",
     "eval_seconds",
     "params",
@@ -29,6 +30,8 @@ RATIO_COLUMNS = [
 ]
 # Context columns, after the metrics and ratios (results.csv only).
 EXTRA_COLUMNS = [
+    "tokens_per_history",
+    "kept_tokens_per_history",
     "train_cpu_seconds_per_step",
     "steps_per_epoch",
     "train_seconds",
@@ -51,6 +54,7 @@ MD_COLUMNS = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "kept_fraction",
     "peak_memory_mb",
     "peak_memory_ratio",
     "eval_seconds",
@@ -133,6 +137,8 @@ def _format(column, value):
         return str(value)
     if column.endswith("_ratio"):
         return f"{value:.2f}x"
+    if column == "kept_fraction":
+        return f"{100 * value:.1f}%"
     if column in ("params", "train_steps", "eval_users", "steps_per_epoch"):
         return f"{int(value):,}"
     if column in ("tokens_per_second", "peak_memory_mb", "eval_peak_memory_mb"):

@@ -146,7 +146,7 @@ def _epoch_figures(stats, budget, steps_per_epoch):
         per_epoch, source = seconds / len(stats), "measured"
     else:
         per_epoch, source = per_step * steps_per_epoch, "extrapolated"
-    return {
+    figures = {
         "train_steps": steps,
         "train_seconds": seconds,
         "train_seconds_per_step": per_step,
@@ -156,6 +156,13 @@ def _epoch_figures(stats, budget, steps_per_epoch):
         "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in stats),
     }
+    # a pruning model's kept tokens (its pop_epoch_stats), averaged over steps
+    for key in ("tokens_per_history", "kept_tokens_per_history", "kept_fraction",
+                "padded_length", "pruned_length"):
+        weighted = [(s[key], s["steps"]) for s in stats if key in s]
+        if weighted:
+            figures[key] = sum(v * n for v, n in weighted) / max(sum(n for _, n in weighted), 1)
+    return figures
 
 
 def run_model(spec, on_trained=None):

@@ -26,7 +26,6 @@ from :class:`TokenPruningMixin` (config keys, pruned runs, statistics and their 
 """
 
 import math
-from logging import getLogger
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -351,7 +350,7 @@ class TokenPruner:
 
     @staticmethod
     def describe(stats):
-        """One log line for :meth:`pop_stats`'s dict."""
+        """Text for the epoch log line from :meth:`pop_stats`'s dict."""
         return (
             set_color("token pruning", "blue")
             + f": kept {stats['kept_tokens_per_history']:.2f} of "
@@ -375,11 +374,10 @@ class TokenPruningMixin:
     pruned stack with ``self.pruner.run(...)`` where ``self.pruning`` is true.
 
     Reads the pruning keys into ``self.pruner`` (a :class:`TokenPruner` over ``n_layers``
-    layers, scorer ``default_prune_scorer`` unless ``prune_scorer`` is set). The average kept
-    tokens per history of the training batches since the last report go to RecBole's log
-    whenever training stops (the trainer switches the model to eval mode for validation or
-    test, or back to train mode for the next epoch), i.e. once per epoch after the epoch's
-    training line; :meth:`pop_epoch_stats` returns them instead (and resets them).
+    layers, scorer ``default_prune_scorer`` unless ``prune_scorer`` is set). The plugin's
+    trainer collects the average kept tokens per history of each epoch's training batches
+    (:meth:`pop_epoch_stats`) into its ``epoch_stats`` and the epoch log line
+    (:meth:`describe_epoch_stats`), so the benchmark reports them too.
     """
 
     default_prune_scorer = "rastp"
@@ -397,15 +395,12 @@ class TokenPruningMixin:
         return self.pruner.protected_tokens(positions, self.n_levels)
 
     def pop_epoch_stats(self):
+        """Kept-token averages of the training batches since the last call (read by the
+        plugin's :class:`~recbole_semprune.trainer.Trainer` after each epoch)."""
         return self.pruner.pop_stats()
 
-    def train(self, mode=True):
-        pruner = self.__dict__.get("pruner")
-        if pruner is not None:
-            stats = pruner.pop_stats()
-            if stats:
-                getLogger().info(pruner.describe(stats))
-        return super().train(mode)
+    def describe_epoch_stats(self, stats):
+        return self.pruner.describe(stats) if "kept_fraction" in stats else ""
 
     def extra_repr(self):
         return repr(self.pruner)
