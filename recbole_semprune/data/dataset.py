@@ -1,0 +1,100 @@
+"""RecBole's ``SequentialDataset`` with the extra fields some plugin models need.
+
+:class:`SIDSequentialDataset` is what a model gets when it sets ``dataset_class`` (see
+:func:`recbole_semprune.utils.create_dataset`). It builds exactly RecBole's rows and splits,
+then adds, to the **training** split only:
+
+- ``future items`` (models whose class method ``future_items(config)`` returns ``D > 0``, e.g.
+  STAMP's multi-step auxiliary prediction on the encoder-decoder backbone): for each training
+  row, the ``D`` items that follow its target in that user's sequence, in the field
+  :func:`future_field` ``[n_rows, D]``. An item is there only if its own row is a training
+  row: a validation or test item is never an auxiliary target, and a row whose future runs out
+  (or reaches the validation item) gets 0 (padding) in the missing slots, which the model
+  masks. The validation and test splits carry no such field.
+
+The order of a user's rows is the one RecBole's augmentation makes (its interactions sorted
+by time), so "the items that follow" are exactly the targets of the user's next rows.
+"""
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, FeatureType, set_color
+
+__all__ = ["SIDSequentialDataset", "future_field"]
+
+_ROW_INDEX = "_row_in_user"  # position of an augmented row among its user's rows (temporary)
+
+
+def future_field(config):
+    """Name of the future-items field: ``<ITEM_ID_FIELD>_future``."""
+    return f"{config['ITEM_ID_FIELD']}_future"
+
+
+def _model_needs(config, method):
+    from recbole_semprune.utils import get_model
+
+    need = getattr(get_model(config["model"]), method, None)
+    return need(config) if need is not None else 0
+
+
+class SIDSequentialDataset(SequentialDataset):
+    """RecBole's sequential dataset plus the training-only fields a model asks for."""
+
+    def __init__(self, config):
+        self.n_future_items = int(_model_needs(config, "future_items"))
+        if self.n_future_items < 0:
+            raise ValueError(f"future items must be >= 0, got {self.n_future_items}")
+        super().__init__(config)
+
+    def data_augmentation(self):
+        super().data_augmentation()
+        if not self.n_future_items:
+            return
+        users = self.inter_feat[self.uid_field].numpy()
+        rows = np.arange(len(users))
+        first = np.r_[True, users[1:] != users[:-1]]
+        group_start = np.maximum.accumulate(np.where(first, rows, 0))
+        self.set_field_property(_ROW_INDEX, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+        self.inter_feat.update(Interaction({_ROW_INDEX: torch.from_numpy(rows - group_start)}))
+
+    def build(self):
+        datasets = super().build()
+        if self.n_future_items:
+            self._add_future_items(datasets)
+        return datasets
+
+    def _add_future_items(self, datasets):
+        """Future items of every training row, from training rows only (see module doc)."""
+        feat = datasets[0].inter_feat
+        users, index = feat[self.uid_field].long(), feat[_ROW_INDEX].long()
+        targets = feat[self.iid_field].long()
+        future = torch.zeros(len(feat), self.n_future_items, dtype=torch.long)
+        if len(feat):
+            # (user, row index) as one sortable key; look up the row `step` rows later
+            width = int(index.max()) + self.n_future_items + 1
+            keys = users * width + index
+            order = keys.argsort()
+            sorted_keys = keys[order]
+            for step in range(1, self.n_future_items + 1):
+                wanted = keys + step
+                slot = torch.searchsorted(sorted_keys, wanted).clamp(max=len(keys) - 1)
+                found = sorted_keys[slot] == wanted
+                future[:, step - 1] = torch.where(found, targets[order[slot]], 0)
+        name = future_field(self.config)
+        for dataset in datasets:  # the row index was only needed here; no split keeps it
+            dataset.inter_feat.drop(_ROW_INDEX)
+        for properties in (self.field2type, self.field2source, self.field2seqlen):
+            properties.pop(_ROW_INDEX, None)  # shared by the splits (shallow copies)
+        self.set_field_property(
+            name, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION, self.n_future_items
+        )
+        feat.update(Interaction({name: future}))
+        filled = (future > 0).float().mean(0).tolist() if len(feat) else []
+        self.logger.info(
+            set_color("future items", "blue")
+            + f": {self.n_future_items} per training row, from training rows only; rows that "
+            + "have step k: "
+            + ", ".join(f"k={k + 1}: {100 * share:.1f}%" for k, share in enumerate(filled))
+        )
