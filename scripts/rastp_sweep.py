@@ -10,7 +10,7 @@ point (``prune_scorer=none``, i.e. TIGER) that the speed-ups are measured agains
     <output>/<point>/     the benchmark's own tables and worker log of each point
 
 The CSV is rewritten after every point, so a stopped sweep keeps what it ran. Example (the
-full run of docs/rastp.md)::
+full grid; docs/rastp.md runs the ``--design=star`` subset)::
 
     python scripts/rastp_sweep.py --data_path=../shared/datasets --dataset=amazon-beauty \\
         --prune_layers=1,2,3 --keep_ratios=0.25,0.3333,0.5 \\
@@ -64,6 +64,11 @@ def build_parser():
     parser.add_argument("--scorers", type=_list(str),
                         default=["rastp", "attention", "saliency_l1", "random"])
     parser.add_argument("--keep_ratio_modes", type=_list(str), default=["batch"])
+    parser.add_argument(
+        "--design", choices=["grid", "star"], default="grid",
+        help="grid: every combination; star: one factor at a time around the centre (the "
+             "first value of each list), i.e. 1 + sum(len(list) - 1) points",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max_steps", type=int, help="optimisation steps per point (default 300)")
     budget.add_argument("--epochs", type=int, help="full epochs per point")
@@ -77,14 +82,17 @@ def build_parser():
 
 
 def grid(args):
-    """The points: the unpruned baseline first, then every combination."""
-    points = [{"prune_scorer": "none"}]
-    for layer, ratio, scorer, mode in itertools.product(
-        args.prune_layers, args.keep_ratios, args.scorers, args.keep_ratio_modes
-    ):
-        points.append({"prune_layer": layer, "keep_ratio": ratio, "prune_scorer": scorer,
-                       "keep_ratio_mode": mode})
-    return points
+    """The points: the unpruned baseline first, then every combination (``--design=grid``) or
+    the centre and its one-factor variations (``--design=star``)."""
+    factors = {"prune_layer": args.prune_layers, "keep_ratio": args.keep_ratios,
+               "prune_scorer": args.scorers, "keep_ratio_mode": args.keep_ratio_modes}
+    if args.design == "grid":
+        combos = [dict(zip(factors, values)) for values in itertools.product(*factors.values())]
+    else:
+        centre = {key: values[0] for key, values in factors.items()}
+        combos = [centre] + [dict(centre, **{key: value}) for key, values in factors.items()
+                             for value in values[1:]]
+    return [{"prune_scorer": "none"}] + combos
 
 
 def point_name(point):

@@ -214,6 +214,33 @@ def test_keep_ratio_one_reproduces_the_unpruned_backbone(backbone, mode, prune_l
     assert torch.allclose(pruned[finite], full[finite], atol=1e-4)
 
 
+def test_pruned_stream_keeps_each_positions_source(tiny_data):
+    base, train_data, _ = build("DecoderOnlySID", tiny_data)
+    pruned, _, _ = build("RASTP", tiny_data, backbone="decoder_only", keep_ratio=0.5,
+                         keep_ratio_mode="per_history")
+    pruned.load_state_dict(base.state_dict())
+    batch = next(iter(train_data))
+    target = pruned.item_tokens(batch["item_id"])
+    stream = pruned.stream_hidden(batch["item_id_list"], batch["item_length"], target)
+    unpruned = base.stream_hidden(batch["item_id_list"], batch["item_length"], target)
+    assert torch.equal(stream.tokens, unpruned.tokens)
+    assert stream.hidden.shape[1] < unpruned.hidden.shape[1]
+    # kept positions keep their order; each knows the token after it in the whole stream
+    real_sources = stream.source.masked_fill(~stream.mask, -1)
+    assert all((row[row >= 0].diff() > 0).all() for row in real_sources)
+    next_tokens, valid = stream.tokens_ahead(1)
+    assert torch.equal(valid, stream.mask)
+    assert torch.equal(next_tokens[valid], stream.tokens.gather(1, stream.source + 1)[valid])
+    n_history = stream.tokens.shape[1] - pruned.n_levels
+    last_history = stream.source == n_history - 1  # always kept: predicts the first code
+    assert torch.equal(next_tokens[last_history], target[:, 0])
+    # the selection saw every history token: none may be a target of the pruned stream
+    leaks = pruned.leaks(stream, stream.source + 1)
+    assert torch.equal(leaks, stream.source + 1 < n_history)
+    unpruned_rastp, _, _ = build("RASTP", tiny_data, backbone="decoder_only", prune_scorer="none")
+    assert not unpruned_rastp.leaks(unpruned, unpruned.source + 1).any()
+
+
 def _compact_reference_tiger(net, seq, seq_len, target_tokens, keep_ratio):
     """RASTP by hand, one history at a time, without any padding: the real tokens go through
     layers [0, p), the top int(n * rho) by attention received x L1 norm go on alone through
@@ -369,8 +396,8 @@ def test_bad_settings_fail_clearly(tiny_data):
         ({"prune_scorer": "l1"}, r"unknown prune_scorer 'l1'.*rastp"),
         ({"keep_ratio_mode": "global"}, r"keep_ratio_mode='global'"),
         ({"prune_protect_last": -1}, r"prune_protect_last=-1"),
+        ({"backbone": "decoder_only", "dense_loss": True}, r"dense_loss cannot be used"),
         ({"backbone": "t5"}, r"backbone='t5'"),
-        ({"backbone": "decoder_only", "dense_loss": True}, r"dense_loss is not supported"),
     ]:
         with pytest.raises(ValueError, match=message):
             build("RASTP", tiny_data, **overrides)

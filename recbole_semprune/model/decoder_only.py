@@ -6,10 +6,30 @@ A decoder-only (GPT-style) generative recommender over semantic IDs: the stream
 backbones of STAMP (a Qwen-style model) and of Rec2PM's SID variant in this package.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from recbole_semprune.model.layers import reorder_cache
 from recbole_semprune.model.sid_recommender import SIDRecommender
+
+
+class Stream(NamedTuple):
+    """A teacher-forced run of the causal stream (:meth:`DecoderOnlySID.stream_hidden`)."""
+
+    hidden: torch.Tensor  # [B, T, d] output at each position run
+    mask: torch.Tensor  # [B, T] bool, True = a real token
+    source: torch.Tensor  # [B, T] index of each position in `tokens`
+    tokens: torch.Tensor  # [B, N*L + L] the whole stream [history; target] (left-padded)
+
+    def tokens_ahead(self, steps):
+        """``(tokens [B, T], valid [B, T])``: the stream token ``steps`` positions after each
+        position run (``steps=1``: the next token); invalid where that runs past the stream's
+        end, lands on padding, or the position itself is not a real token."""
+        where = self.source + steps
+        inside = where < self.tokens.shape[1]
+        ahead = self.tokens.gather(1, where.clamp(max=self.tokens.shape[1] - 1))
+        return ahead, self.mask & inside & (ahead != 0)
 
 
 class DecoderOnlySID(SIDRecommender):
@@ -53,30 +73,41 @@ class DecoderOnlySID(SIDRecommender):
         )
         return self.embedding_dropout(x)
 
-    def stream_hidden(self, item_seq, item_seq_len, target_tokens):
-        """Hidden states of the stream ``[history; target[:-1]]`` and the stream's tokens."""
+    def stream_input(self, item_seq, item_seq_len, target_tokens):
+        """Embeddings ``[B, T, d]`` and padding mask of the stream ``[history; target[:-1]]``,
+        the history's length ``N*L`` and the whole stream's tokens ``[history; target]``."""
         history, mask, history_tokens = self.embed_history(item_seq, item_seq_len)
         target = self.embed_target(target_tokens[:, :-1], 0)
         x = torch.cat([history, target], dim=1)
         mask = torch.cat([mask, torch.ones_like(target_tokens[:, :-1], dtype=torch.bool)], dim=1)
+        return x, mask, history.shape[1], torch.cat([history_tokens, target_tokens], dim=1)
+
+    def stream_hidden(self, item_seq, item_seq_len, target_tokens):
+        """Teacher-forced run of the stream ``[history; target[:-1]]``: a :class:`Stream`."""
+        x, mask, _, tokens = self.stream_input(item_seq, item_seq_len, target_tokens)
         hidden = self.decoder(x, padding_mask=mask, causal=True).hidden
-        return hidden, torch.cat([history_tokens, target_tokens[:, :-1]], dim=1)
+        source = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        return Stream(hidden, mask, source, tokens)
 
     def target_hidden(self, item_seq, item_seq_len, target_tokens):
-        hidden, _ = self.stream_hidden(item_seq, item_seq_len, target_tokens)
-        return hidden[:, -self.n_levels :]
+        return self.stream_hidden(item_seq, item_seq_len, target_tokens).hidden[:, -self.n_levels :]
 
-    def calculate_loss(self, interaction):
-        if not self.dense_loss:
-            return super().calculate_loss(interaction)
+    def stream_loss(self, interaction):
+        """``(loss, stream)``: the training loss (target codes, or every next token with
+        ``dense_loss``) and the :class:`Stream` it came from."""
         target_tokens = self.item_tokens(interaction[self.POS_ITEM_ID])
-        hidden, tokens = self.stream_hidden(
+        stream = self.stream_hidden(
             interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], target_tokens
         )
-        next_tokens = torch.cat([tokens[:, 1:], target_tokens[:, -1:]], dim=1)
-        valid = (tokens != 0) & (next_tokens != 0)
-        log_probs = self.token_log_probs(hidden, next_tokens)
-        return -(log_probs * valid).sum() / valid.sum()
+        if not self.dense_loss:
+            hidden = stream.hidden[:, -self.n_levels :]
+            return -self.token_log_probs(hidden, target_tokens).mean(), stream
+        next_tokens, valid = stream.tokens_ahead(1)
+        log_probs = self.token_log_probs(stream.hidden, next_tokens)
+        return -(log_probs * valid).sum() / valid.sum(), stream
+
+    def calculate_loss(self, interaction):
+        return self.stream_loss(interaction)[0]
 
     def generation_state(self, item_seq, item_seq_len):
         history, mask, _ = self.embed_history(item_seq, item_seq_len)

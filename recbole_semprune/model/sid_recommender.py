@@ -140,15 +140,16 @@ class SIDRecommender(SequentialRecommender):
         weight = self.output.weight[start : start + int(self.level_sizes[level])]
         return F.log_softmax(hidden @ weight.t(), dim=-1)
 
-    def token_log_probs(self, hidden, next_tokens):
+    def token_log_probs(self, hidden, next_tokens, output=None):
         """Log-probability of each next token (softmax over its own level's codes).
 
-        ``hidden`` ``[..., d]`` predicts ``next_tokens`` ``[...]``; positions whose next token is
-        padding get 0 and should be masked by the caller.
+        ``hidden`` ``[..., d]`` predicts ``next_tokens`` ``[...]`` through ``output`` (a
+        ``Linear(d, n_codes)``, default the model's head); positions whose next token is padding
+        get a meaningless value and must be masked by the caller.
         """
         code = (next_tokens - 1).clamp(min=0)
         level = self.code_level[code]
-        logits = self.output(hidden)
+        logits = (self.output if output is None else output)(hidden)
         logits = logits.masked_fill(self.code_level != level.unsqueeze(-1), float("-inf"))
         return logits.log_softmax(-1).gather(-1, code.unsqueeze(-1)).squeeze(-1)
 
@@ -190,3 +191,30 @@ class SIDRecommender(SequentialRecommender):
         """Scores ``[B, n_items]``: beam items carry their SID log-probability, others -inf."""
         item_ids, scores = self.generate(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return scores_to_full(item_ids, scores, self.n_items)
+
+
+class BackboneSwitch:
+    """For a model name available on several backbones, chosen by the ``backbone`` key.
+
+    The class that carries the model name is the ``default_backbone`` variant; ``backbones``
+    maps every backbone name to its class (set after the classes exist). Building the model
+    name with another ``backbone`` returns that class's instance instead, so
+    ``get_model(name)(config, dataset)``, checkpoints and RecBole's tools all work unchanged.
+    """
+
+    default_backbone = "tiger"
+    backbones = {}
+
+    def __new__(cls, config=None, dataset=None, semantic_ids=None):
+        if config is None:  # copy.deepcopy / pickle re-create the object without arguments
+            return super().__new__(cls)
+        backbone = config["backbone"] or cls.default_backbone
+        if backbone not in cls.backbones:
+            raise ValueError(
+                f"backbone={backbone!r}: {cls.__name__} runs on one of {', '.join(cls.backbones)}"
+            )
+        if backbone == cls.default_backbone:
+            return super().__new__(cls)
+        model = object.__new__(cls.backbones[backbone])
+        model.__init__(config, dataset, semantic_ids)
+        return model
