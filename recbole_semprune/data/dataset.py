@@ -14,6 +14,18 @@ then adds, to the **training** split only:
 
 The order of a user's rows is the one RecBole's augmentation makes (its interactions sorted
 by time), so "the items that follow" are exactly the targets of the user's next rows.
+
+It also chooses the **training rows** (``train_rows``, see :func:`train_rows_mode`):
+
+- ``prefix`` (default): RecBole's rows, one per prefix of each user's training sequence.
+- ``user``: one training row per user, that user's last training row: history = every
+  training item but the last (the ``MAX_ITEM_LIST_LENGTH`` most recent), target = the last
+  training item. A model whose loss is a next-token loss on the whole stream (``Rec2PM``,
+  ``DecoderOnlySID`` with ``dense_loss: True``) learns every prefix from this one row, where
+  the prefix rows would repeat a long history hundreds of times. Only models whose class
+  method ``dense_stream_loss(config)`` is true may use it. The validation and test rows are
+  RecBole's, unchanged; the kept row is the user's latest *training* row, so it holds no
+  validation or test item.
 """
 
 import numpy as np
@@ -22,14 +34,30 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType, set_color
 
-__all__ = ["SIDSequentialDataset", "future_field"]
+__all__ = ["SIDSequentialDataset", "future_field", "train_rows_mode", "TRAIN_ROWS"]
 
 _ROW_INDEX = "_row_in_user"  # position of an augmented row among its user's rows (temporary)
+TRAIN_ROWS = ("prefix", "user")
 
 
 def future_field(config):
     """Name of the future-items field: ``<ITEM_ID_FIELD>_future``."""
     return f"{config['ITEM_ID_FIELD']}_future"
+
+
+def train_rows_mode(config):
+    """``train_rows`` of ``config`` (``prefix`` when unset), checked against the model."""
+    mode = config["train_rows"] or "prefix"
+    if mode not in TRAIN_ROWS:
+        raise ValueError(f"train_rows must be one of {', '.join(TRAIN_ROWS)}, got {mode!r}")
+    if mode == "user" and not _model_needs(config, "dense_stream_loss"):
+        raise ValueError(
+            f"train_rows: user keeps one training row per user, which only a model trained with "
+            f"a next-token loss on the whole stream learns every prefix from; {config['model']} "
+            "has no such loss. Use Rec2PM, or DecoderOnlySID with dense_loss: True, or set "
+            "train_rows: prefix."
+        )
+    return mode
 
 
 def _model_needs(config, method):
@@ -43,6 +71,7 @@ class SIDSequentialDataset(SequentialDataset):
     """RecBole's sequential dataset plus the training-only fields a model asks for."""
 
     def __init__(self, config):
+        self.train_rows = train_rows_mode(config)
         self.n_future_items = int(_model_needs(config, "future_items"))
         if self.n_future_items < 0:
             raise ValueError(f"future items must be >= 0, got {self.n_future_items}")
@@ -63,6 +92,7 @@ class SIDSequentialDataset(SequentialDataset):
         datasets = super().build()
         if self.n_future_items:
             self._add_future_items(datasets)
+        self._select_train_rows(datasets)
         return datasets
 
     def _add_future_items(self, datasets):
@@ -97,4 +127,27 @@ class SIDSequentialDataset(SequentialDataset):
             + f": {self.n_future_items} per training row, from training rows only; rows that "
             + "have step k: "
             + ", ".join(f"k={k + 1}: {100 * share:.1f}%" for k, share in enumerate(filled))
+        )
+
+    def _select_train_rows(self, datasets):
+        """``train_rows: user``: keep each user's last training row (see module doc)."""
+        feat = datasets[0].inter_feat
+        n_prefix = len(feat)
+        if self.train_rows == "prefix":
+            self.logger.info(
+                set_color("training rows", "blue")
+                + f": prefix (RecBole's, one per prefix of each user's training sequence): {n_prefix}"
+            )
+            return
+        users = feat[self.uid_field].numpy()
+        # A user's training rows are in time order (RecBole's stable sorts), so the last one has
+        # the user's latest training item as target and all earlier ones (truncated) as history.
+        _, last_from_end = np.unique(users[::-1], return_index=True)
+        keep = np.sort(len(users) - 1 - last_from_end)
+        datasets[0].inter_feat = feat[torch.from_numpy(keep)]
+        self.logger.info(
+            set_color("training rows", "blue")
+            + f": user (one per user: the whole training sequence, history capped at "
+            + f"MAX_ITEM_LIST_LENGTH={self.max_item_list_len}): {len(keep)} rows instead of "
+            + f"{n_prefix} prefix rows; validation and test rows unchanged"
         )

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import torch
 
+from recbole_semprune.data.dataset import SIDSequentialDataset
 from recbole_semprune.model.layers import reorder_cache
 from recbole_semprune.model.sid_recommender import SIDRecommender
 
@@ -38,8 +39,16 @@ class DecoderOnlySID(SIDRecommender):
     Histories are left-padded, so the last history token sits right before the target and
     predicts its first code (no separator token); each target token predicts the next one.
     The loss is on the target's ``L`` codes; with ``dense_loss: True`` every history token also
-    predicts the token after it (next-token loss on the whole stream).
+    predicts the token after it (next-token loss on the whole stream), which lets it train on
+    one row per user (``train_rows: user``, see :mod:`recbole_semprune.data.dataset`).
     """
+
+    dataset_class = SIDSequentialDataset
+
+    @classmethod
+    def dense_stream_loss(cls, config):
+        """Whether training has a next-token loss on the whole stream (``train_rows: user``)."""
+        return bool(config["dense_loss"])
 
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
