@@ -43,13 +43,17 @@ class TIGER(SIDRecommender):
         """Decoder input: tokens ``[B, T]`` (BOS or codes) at decoder steps ``levels`` ``[T]``."""
         return self.embedding_dropout(self.token_embedding(tokens) + self.level_embedding(levels))
 
-    def target_hidden(self, item_seq, item_seq_len, target_tokens):
-        memory, memory_mask = self.encode(item_seq, item_seq_len)
+    def teacher_forcing_input(self, target_tokens):
+        """Decoder input ``[B, L, d]`` that predicts ``target_tokens`` ``[B, L]``: BOS, then the
+        target's codes but the last."""
         bos = torch.full_like(target_tokens[:, :1], self.bos_token)
         inputs = torch.cat([bos, target_tokens[:, :-1]], dim=1)
-        levels = torch.arange(self.n_levels, device=inputs.device)
+        return self.decoder_input(inputs, torch.arange(self.n_levels, device=inputs.device))
+
+    def target_hidden(self, item_seq, item_seq_len, target_tokens):
+        memory, memory_mask = self.encode(item_seq, item_seq_len)
         return self.decoder(
-            self.decoder_input(inputs, levels), causal=True, memory=memory,
+            self.teacher_forcing_input(target_tokens), causal=True, memory=memory,
             memory_padding_mask=memory_mask,
         ).hidden
 
