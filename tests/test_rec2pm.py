@@ -374,3 +374,54 @@ def test_trains_evaluates_and_reloads_to_identical_metrics(tiny_data, monkeypatc
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     again = trainer.evaluate(test_data, load_best_model=False)
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
+
+
+# ---- the benchmark's latency mode -------------------------------------------------------------
+def test_latency_mode_writes_its_table(tiny_data, workdir):
+    import contextlib
+    import csv
+    import io
+
+    import yaml
+
+    from recbole_semprune.benchmark import main
+
+    protocol = {k: v for k, v in tiny_data.items() if k in TINY_PROTOCOL}
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(protocol))
+    output = workdir / "latency"
+    argv = [
+        "--dataset=tiny", f"--data_path={tiny_data['data_path']}", "--models=Rec2PM,DecoderOnlySID",
+        "--baseline=DecoderOnlySID", f"--config_files={workdir / 'tiny.yaml'}",
+        "--latency_lengths=4,9", "--latency_repeats=1", f"--output={output}", "--threads=1",
+        "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=2", "--state=WARNING",
+        f"--checkpoint_dir={workdir / 'saved'}",
+        *[f"--{k}={v}" for k, v in SMALL.items() if k not in ("segment_len", "mem_tokens")],
+        "--Rec2PM.segment_len=3", "--Rec2PM.mem_tokens=2",
+    ]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    with open(output / "latency.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["history_length"]) for r in rows] == [
+        ("Rec2PM", "4"), ("Rec2PM", "9"), ("DecoderOnlySID", "4"), ("DecoderOnlySID", "9")
+    ]
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    rec2pm, full = rows[:2], rows[2:]
+    # Rec2PM: C x d floats + C mask bytes + (segment_len - 1) pending ids + 2 counters, any length
+    assert {int(r["state_bytes"]) for r in rec2pm} == {2 * 16 * 4 + 2 + 2 * 8 + 2 * 8}
+    assert [int(r["requests"]) for r in rec2pm] == [3, 3]  # one segment of requests
+    # full history: keys and values of every layer, n x L tokens x n_heads x head_size floats
+    levels = 3  # sid_levels=2 + the de-duplication level
+    assert [int(r["state_bytes"]) for r in full] == [2 * n * levels * 2 * 64 * 4 for n in (4, 9)]
+    assert [r["latency_ratio"] for r in full] == ["1.0", "1.0"]
+    table = (output / "latency.md").read_text()
+    assert "| Rec2PM | 9 |" in table and "--latency_lengths=4,9" in table
+    assert "Latency and state per user" in out.getvalue()
+
+
+def test_latency_mode_bad_flag_is_a_usage_error(capsys):
+    from recbole_semprune.benchmark import main
+
+    assert main(["--dataset=tiny", "--models=Rec2PM", "--latency_lengths=10,x"]) == 2
+    assert "--latency_lengths must be comma-separated integers" in capsys.readouterr().err

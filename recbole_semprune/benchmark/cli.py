@@ -33,6 +33,9 @@ examples:
   python -m recbole_semprune.benchmark --dataset=ml-100k --models=SASRec,BERT4Rec --max_steps=200
   python -m recbole_semprune.benchmark --dataset=amazon-beauty --data_path=../shared/datasets \\
       --models=SASRec,BERT4Rec --max_steps=200 --eval_max_users=2000 --threads=1
+
+latency mode (recbole_semprune/benchmark/latency.py; with a budget, after the training run):
+  --latency  --latency_lengths=50,200,500,1000,2000  --latency_repeats=3  --latency_k=10
 """
 # Keys every model must share (one protocol) or that the benchmark sets itself.
 PROTOCOL_KEYS = ("dataset", "data_path", "seed", "eval_args", "metrics", "topk", "reproducibility")
@@ -469,6 +472,10 @@ def write_tables(output, meta, rows):
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 a model failed, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from recbole_semprune.benchmark import latency
+
+    if latency.requested(argv):  # --latency / --latency_lengths=...: see benchmark/latency.py
+        return latency.main(argv)
     try:
         with _cli_logging():
             status, output, _ = run_benchmark(argv)
