@@ -408,3 +408,29 @@ def test_pruning_models_report_their_kept_tokens(tmp_path):
     assert 0.3 < float(rastp["kept_fraction"]) <= 0.5
     assert float(rastp["kept_tokens_per_history"]) < float(rastp["tokens_per_history"])
     assert "%" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_labelled_variants_of_one_model(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    status, _, stderr = run_main(
+        ["--models=SASRec,deep=SASRec", *tiny_flags(tmp_path, config), "--max_steps=1",
+         "--in_process", "--deep.n_layers=2", f"--output={tmp_path / 'out'}"],
+        tmp_path,
+    )
+    assert status == 0, stderr[-3000:]
+    plain, deep = read_csv(tmp_path / "out" / "results.csv")
+    assert (plain["model"], deep["model"]) == ("SASRec", "deep")
+    assert int(deep["params"]) > int(plain["params"])  # the override reached the variant only
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["model_class"] for r in result["rows"]] == ["SASRec", "SASRec"]
+
+
+@pytest.mark.parametrize("models, message", [
+    ("SASRec,SASRec", "lists SASRec more than once"),
+    ("a=SASRec,a=BERT4Rec", "lists a more than once"),
+    ("bad label=SASRec", "write MODEL or LABEL=MODEL"),
+])
+def test_bad_model_lists(models, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([f"--models={models}", "--dataset=ml-100k", "--max_steps=1"])
+    assert message in capsys.readouterr().err

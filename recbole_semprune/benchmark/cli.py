@@ -91,7 +91,9 @@ def build_parser():
     )
     parser.add_argument(
         "--models", required=True,
-        help="comma-separated model names (plugin or RecBole), e.g. SASRec,BERT4Rec,TIGER",
+        help="comma-separated model names (plugin or RecBole), e.g. SASRec,BERT4Rec,TIGER; "
+        "LABEL=MODEL runs MODEL under its own name LABEL, so one model can run in several "
+        "variants set by --LABEL.KEY=VALUE, e.g. SAP=STAMPSID --SAP.map_steps=0",
     )
     parser.add_argument(
         "--data_path", default=None, help="folder holding <dataset>/ (RecBole's data_path)"
@@ -144,12 +146,20 @@ def parse_args(argv):
     """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models:
+    entries = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not entries:
         parser.error("--models is empty")
-    duplicates = sorted({m for m in models if models.count(m) > 1})
-    if duplicates:
-        parser.error(f"--models lists {', '.join(duplicates)} more than once")
+    args.model_classes = OrderedDict()
+    for entry in entries:
+        label, _, model = entry.rpartition("=")
+        label, model = (label.strip() or model.strip()), model.strip()
+        if not re.fullmatch(r"[A-Za-z_][\w-]*", label) or not model:
+            parser.error(f"--models entry {entry!r}: write MODEL or LABEL=MODEL (LABEL: letters, "
+                         "digits, _ and -)")
+        if label in args.model_classes:
+            parser.error(f"--models lists {label} more than once")
+        args.model_classes[label] = model
+    models = list(args.model_classes)
     args.models = models
     if args.baseline is None:
         args.baseline = models[0]
@@ -200,6 +210,7 @@ def model_spec(args, model, global_overrides, model_overrides, model_dir):
     return {
         "version": 1,
         "model": model,
+        "model_class": args.model_classes.get(model, model),
         "dataset": args.dataset,
         "config_files": [os.path.abspath(f) for f in args.config_files],
         "config_dict": dict(config_dict),
@@ -229,7 +240,7 @@ def preflight(args, specs):
 
     for model in args.models:
         try:
-            get_model(model)
+            get_model(args.model_classes.get(model, model))
         except UnknownModelError as error:
             raise BenchmarkError(str(error)) from None
     for file in args.config_files:

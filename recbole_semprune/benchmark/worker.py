@@ -130,7 +130,7 @@ def build_config(spec):
 
     with clean_argv():
         return Config(
-            model=spec["model"],
+            model=spec.get("model_class", spec["model"]),
             dataset=spec["dataset"],
             config_file_list=spec.get("config_files") or None,
             config_dict=dict(spec.get("config_dict") or {}),
@@ -266,6 +266,7 @@ def _run_model(spec, budget, on_trained):
     reported_keys = set(spec.get("config_dict") or {}) | set(spec.get("report_keys") or [])
     result = {
         "model": spec["model"],
+        "model_class": spec.get("model_class", spec["model"]),
         "status": "trained",
         "dataset": config["dataset"],
         "budget": budget,
