@@ -317,6 +317,45 @@ def test_epochs_budget_measures_full_epochs_with_validation(tmp_path):
     assert result["eval_users"] == result["eval_users_total"] == 30
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "2 full epoch(s) per model" in markdown and "all 30 test users" in markdown
+    # the validation curve: one point per epoch, at the training time spent so far
+    curve = read_csv(tmp_path / "out" / "curves.csv")
+    assert [(c["model"], int(c["epoch"])) for c in curve] == [("SASRec", 0), ("SASRec", 1)]
+    seconds = [float(c["train_seconds"]) for c in curve]
+    assert 0 < seconds[0] < seconds[1] == pytest.approx(float(row["train_seconds"]))
+    assert float(curve[1]["ndcg@5"]) == pytest.approx(float(row["valid_ndcg@5"]))
+    for png in ("results.png", "tradeoff.png", "curves.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_reuses_finished_models_with_the_same_settings(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["--models=SASRec,GRU4Rec", *tiny_flags(tmp_path, config), "--max_steps=2",
+            "--in_process", f"--output={out}"]
+    status, _, stderr = run_main(argv, tmp_path)
+    assert status == 0, stderr[-3000:]
+    first = read_csv(out / "results.csv")
+    (out / "GRU4Rec" / "result.json").unlink()  # as if the run had stopped during GRU4Rec
+    status, stdout, stderr = run_main(argv + ["--resume"], tmp_path)
+    assert status == 0, stderr[-3000:]
+    assert "SASRec: finished in an earlier run with the same settings, reused" in stderr
+    assert "GRU4Rec: finished" not in stderr
+    again = read_csv(out / "results.csv")
+    assert again[0] == first[0]  # SASRec's row untouched
+    assert again[1]["model"] == "GRU4Rec" and again[1]["status"] == "ok"
+    assert stdout.count("progress: epoch 1/1, step 2/2") == 1  # only GRU4Rec trained again
+    # other settings: nothing is reused
+    status, _, stderr = run_main(argv + ["--resume", "--SASRec.n_layers=2"], tmp_path)
+    assert status == 0 and "SASRec: finished" not in stderr
+
+
+def test_resume_needs_the_output_folder(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    status, _, stderr = run_main(
+        ["--models=SASRec", *tiny_flags(tmp_path, config), "--max_steps=1", "--resume"],
+        tmp_path,
+    )
+    assert status == 2 and "--resume needs the --output folder" in stderr
 
 
 def test_step_budget_loader_restarts_and_delegates():

@@ -123,6 +123,11 @@ def build_parser():
         help="output folder (default: bench_out/<dataset>-<timestamp>)",
     )
     parser.add_argument(
+        "--resume", action="store_true",
+        help="reuse the models that already finished in --output with the very same settings "
+             "(an interrupted run goes on where it stopped); the others run again",
+    )
+    parser.add_argument(
         "--config_files", default=None, metavar='"A.yaml B.yaml"',
         help="config files for every model, space separated (as in RecBole)",
     )
@@ -425,10 +430,20 @@ def run_benchmark(argv):
         "recbole_semprune_version": recbole_semprune.__version__,
         "python_version": sys.version.split()[0],
     }
+    if args.resume and not args.output:
+        raise BenchmarkError("--resume needs the --output folder of the run to resume")
     rows = []
     for index, spec in enumerate(specs, 1):
         model = spec["model"]
         model_dir = model_dirs[model]
+        finished = _finished_result(spec, model_dir) if args.resume else None
+        if finished is not None:
+            logger.info("[%d/%d] %s: finished in an earlier run with the same settings, reused",
+                        index, len(specs), model)
+            finished["config_overrides"] = spec["config_dict"]
+            rows.append(finished)
+            write_tables(output, meta, rows)
+            continue
         os.makedirs(model_dir, exist_ok=True)
         with open(os.path.join(model_dir, "spec.json"), "w", encoding="utf-8") as f:
             json.dump(spec, f, indent=2)
@@ -463,13 +478,36 @@ def run_benchmark(argv):
         rows.append(row)
         write_tables(output, meta, rows)  # after every model: a long run stopped early keeps them
 
-    if report.write_plot(os.path.join(output, "results.png"), rows, title=report.plot_title(meta)):
-        logger.info("plot: %s", os.path.join(output, "results.png"))
+    title = report.plot_title(meta)
+    for name, written in (
+        ("results.png", report.write_plot(os.path.join(output, "results.png"), rows, title)),
+        ("tradeoff.png", report.write_tradeoff_plot(os.path.join(output, "tradeoff.png"), rows,
+                                                    title)),
+        ("curves.png", report.write_curves(os.path.join(output, "curves.csv"),
+                                           os.path.join(output, "curves.png"), rows, title)),
+    ):
+        if written:
+            logger.info("plot: %s", os.path.join(output, name))
     failed = [r["model"] for r in rows if r.get("status") != "ok"]
     if failed:
         logger.error("failed: %s (see %s/<model>/worker.log)", ", ".join(failed), output)
     logger.info("results: %s", os.path.abspath(output))
     return (1 if failed else 0), output, rows
+
+
+def _finished_result(spec, model_dir):
+    """The result of an earlier run of exactly ``spec`` in ``model_dir`` that finished, else
+    None (no result, a failed one, or other settings)."""
+    try:
+        with open(os.path.join(model_dir, "spec.json"), encoding="utf-8") as f:
+            earlier_spec = json.load(f)
+        with open(spec["result_path"], encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if earlier_spec != json.loads(json.dumps(spec)) or result.get("status") != "ok":
+        return None
+    return result
 
 
 def write_tables(output, meta, rows):

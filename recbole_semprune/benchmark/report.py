@@ -288,14 +288,8 @@ def plot_title(meta):
     return f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
 
 
-def write_plot(path, rows, title=None):
-    """Bars of seconds/step, peak memory and the valid metric per model; needs matplotlib.
-
-    Returns True when the PNG was written, False (with a log line) without matplotlib.
-    """
-    ok = [r for r in rows if r.get("status") == "ok"]
-    if not ok:
-        return False
+def _pyplot(path):
+    """matplotlib's pyplot on the Agg backend, or None (with a log line) without matplotlib."""
     try:
         import matplotlib
 
@@ -306,10 +300,30 @@ def write_plot(path, rows, title=None):
             "matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
             os.path.basename(path),
         )
-        return False
+        return None
+    return plt
+
+
+def _accuracy_metric(ok):
+    """The metric plots show: the validation metric when the results have it."""
     metric = ok[0].get("valid_metric")
     if metric not in (ok[0].get("test_result") or {}):
         metric = next(iter(ok[0].get("test_result") or {}), None)
+    return metric
+
+
+def write_plot(path, rows, title=None):
+    """Bars of seconds/step, peak memory and the valid metric per model; needs matplotlib.
+
+    Returns True when the PNG was written, False (with a log line) without matplotlib.
+    """
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return False
+    plt = _pyplot(path)
+    if plt is None:
+        return False
+    metric = _accuracy_metric(ok)
     panels = [("train_seconds_per_step", "train s/step"), ("peak_memory_mb", "peak memory (MB)")]
     if metric:
         panels.append((metric, f"test {metric}"))
@@ -325,6 +339,72 @@ def write_plot(path, rows, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_tradeoff_plot(path, rows, title=None):
+    """Test accuracy against training seconds per epoch, one point per model (PNG)."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
+    if not ok:
+        return False
+    metric = _accuracy_metric(ok)
+    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric))
+              for r in ok]
+    points = [p for p in points if _finite(p[1]) and _finite(p[2])]
+    if not points or (plt := _pyplot(path)) is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, seconds, value in points:
+        ax.scatter([seconds], [value], s=45, zorder=3)
+        ax.annotate(name, (seconds, value), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("training seconds per epoch")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def curve_rows(rows):
+    """One dict per (model, validation): ``model, epoch, train_seconds`` and the metrics."""
+    return [
+        {"model": r["model"], "epoch": point["epoch"], "train_seconds": point["train_seconds"],
+         **point["result"]}
+        for r in rows for point in (r.get("valid_curve") or [])
+    ]
+
+
+def write_curves(csv_path, png_path, rows, title=None):
+    """``curves.csv`` (every validation of every model) and the plot of the validation metric
+    per epoch. Returns whether the PNG was written; writes nothing without validations."""
+    points = curve_rows(rows)
+    if not points:
+        return False
+    columns = list(dict.fromkeys(k for p in points for k in p))
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(points)
+    metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
+    if metric not in points[0] or (plt := _pyplot(png_path)) is None:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for model in dict.fromkeys(p["model"] for p in points):
+        mine = [p for p in points if p["model"] == model]
+        ax.plot([p["epoch"] + 1 for p in mine], [p[metric] for p in mine], marker="o",
+                label=model)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return True
 

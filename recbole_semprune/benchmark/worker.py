@@ -67,6 +67,47 @@ class StepBudgetLoader:
         return getattr(self.loader, name)
 
 
+class ProgressLoader:
+    """A train loader that prints a progress line about every ``every_seconds`` (and at the
+    end of each pass): ``progress: epoch E, step K/N, S s/step, ETA T`` for the whole budget.
+    The benchmark echoes worker output with the model's name, so this is its live display."""
+
+    def __init__(self, loader, epochs, every_seconds=30.0, out=None):
+        self.loader = loader
+        self.epochs = epochs
+        self.every_seconds = every_seconds
+        self.out = out
+        self.epoch = 0
+        self.started = None
+
+    def __iter__(self):
+        total = len(self.loader) * self.epochs
+        self.started = self.started or perf_counter()
+        last = perf_counter()
+        for step, batch in enumerate(self.loader, 1):
+            yield batch
+            now = perf_counter()
+            if now - last >= self.every_seconds or step == len(self.loader):
+                last = now
+                done = self.epoch * len(self.loader) + step
+                per_step = (now - self.started) / done
+                print(
+                    f"progress: epoch {self.epoch + 1}/{self.epochs}, step {step}/"
+                    f"{len(self.loader)}, {per_step:.2f} s/step (wall, evaluation included), "
+                    f"ETA of training {per_step * (total - done):.0f} s",
+                    file=self.out or sys.stdout, flush=True,
+                )
+        self.epoch += 1
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 def _user_order(loader):
     """User ids of an evaluation loader in the order it yields them (first occurrence)."""
     dataset = loader._dataset
@@ -214,6 +255,7 @@ def _run_model(spec, budget, on_trained):
         epochs, loader = int(budget["value"]), train_data
     else:
         epochs, loader = 1, StepBudgetLoader(train_data, int(budget["value"]))
+    loader = ProgressLoader(loader, epochs)
     # a fixed budget: every epoch trains, validation (if asked) never stops the run early
     trainer.epochs = epochs
     trainer.stopping_step = epochs + 1
@@ -226,6 +268,9 @@ def _run_model(spec, budget, on_trained):
             begin, begin_cpu = perf_counter(), process_time()
             score, result = valid_epoch(valid_data, show_progress=show_progress)
             validations.append({
+                "epoch": len(trainer.epoch_stats) - 1,
+                # training seconds of the epochs so far: the x of the validation curve
+                "train_seconds": sum(s["seconds"] for s in trainer.epoch_stats),
                 "seconds": perf_counter() - begin,
                 "cpu_seconds": process_time() - begin_cpu,
                 "result": dict(result),
@@ -292,6 +337,11 @@ def _run_model(spec, budget, on_trained):
     if validations:
         result["valid_seconds"] = sum(v["seconds"] for v in validations)
         result["valid_result"] = {k: float(v) for k, v in validations[-1]["result"].items()}
+        result["valid_curve"] = [
+            {"epoch": v["epoch"], "train_seconds": v["train_seconds"],
+             "result": {k: float(x) for k, x in v["result"].items()}}
+            for v in validations
+        ]
     if on_trained is not None:
         on_trained(dict(result))
 
