@@ -8,6 +8,7 @@ Any other ``--key=value`` is a RecBole / plugin config key and overrides the yam
 
 import argparse
 
+from recbole_semprune.distributed import DistributedSettingsError
 from recbole_semprune.quick_start import run
 from recbole_semprune.utils import DatasetError, UnknownModelError
 
@@ -17,11 +18,13 @@ def main():
     parser.add_argument("--model", "-m", type=str, default="BPR", help="name of model")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of dataset")
     parser.add_argument("--config_files", type=str, default=None, help="config files, space separated")
-    parser.add_argument("--nproc", type=int, default=1, help="the number of processes in this machine")
-    parser.add_argument("--ip", type=str, default="localhost", help="the ip of master node")
-    parser.add_argument("--port", type=str, default="5678", help="the port of master node")
-    parser.add_argument("--world_size", type=int, default=-1, help="total number of jobs")
-    parser.add_argument("--group_offset", type=int, default=0, help="the global rank offset of this group")
+    # multi-process training (docs/distributed.md); unset: the config's nproc / ip / port /
+    # world_size / offset, else RecBole's defaults 1 / localhost / 5678 / -1 (= nproc) / 0
+    parser.add_argument("--nproc", type=int, default=None, help="the number of processes in this machine")
+    parser.add_argument("--ip", type=str, default=None, help="the ip of master node")
+    parser.add_argument("--port", type=str, default=None, help="the port of master node")
+    parser.add_argument("--world_size", type=int, default=None, help="total number of jobs")
+    parser.add_argument("--group_offset", "--offset", type=int, default=None, help="the global rank offset of this group")
     args, _ = parser.parse_known_args()
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
@@ -36,7 +39,7 @@ def main():
             port=args.port,
             group_offset=args.group_offset,
         )
-    except (UnknownModelError, DatasetError) as error:  # the user's input, not a bug: no traceback
+    except (UnknownModelError, DatasetError, DistributedSettingsError) as error:  # the user's input, not a bug: no traceback
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

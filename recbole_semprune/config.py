@@ -1,9 +1,13 @@
 """Plugin configurator: RecBole's ``Config`` plus this package's model and dataset defaults.
 
 Priority, lowest first: RecBole's own defaults (overall, its model yaml, its dataset yaml,
-its quick-start settings), then ``properties/sid.yaml`` (semantic-ID settings),
-``properties/model/<Model>.yaml`` and ``dataset_configs/<dataset>.yaml`` of this package, then
-the user's config files, config dict and command line, exactly as in RecBole.
+its quick-start settings), then ``properties/overall.yaml`` (plugin-wide settings),
+``properties/sid.yaml`` (semantic-ID settings), ``properties/model/<Model>.yaml`` and
+``dataset_configs/<dataset>.yaml`` of this package, then the user's config files, config dict
+and command line, exactly as in RecBole.
+
+In a multi-process run (RecBole's ``local_rank`` is set, see docs/distributed.md) the device
+set-up differs from RecBole 1.2.1's, which hard-codes NCCL: see :meth:`Config._init_device`.
 """
 
 import os
@@ -16,6 +20,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
 MODEL_PROPERTIES_DIR = os.path.join(PROPERTIES_DIR, "model")
 DATASET_CONFIG_DIR = os.path.join(PACKAGE_DIR, "dataset_configs")
+OVERALL_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "overall.yaml")
 SID_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "sid.yaml")
 
 
@@ -63,7 +68,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for file in (SID_PROPERTIES_FILE, model_config_file(model)):
+        for file in (OVERALL_PROPERTIES_FILE, SID_PROPERTIES_FILE, model_config_file(model)):
             if os.path.isfile(file):
                 self._update_internal_config_dict(file)
         dataset_file = dataset_config_file(dataset)
@@ -72,3 +77,78 @@ class Config(RecBoleConfig):
             self.parameters["Dataset"] += [
                 key for key in dataset_dict if key not in self.parameters["Dataset"]
             ]
+
+    def _init_device(self):
+        """RecBole's device set-up, with a multi-process mode that also runs on CPUs.
+
+        Single process (no ``local_rank``): RecBole's own. Multi-process: the backend comes
+        from ``dist_backend`` (``auto``: NCCL on CUDA, gloo on CPU; RecBole 1.2.1 always asks
+        for NCCL, which has no CPU support), the keys are checked with clear errors (RecBole
+        asserts ``len(gpu_id) >= nproc`` even on CPU), ``use_gpu: False`` runs on CPU, and CPU
+        processes share the machine's cores. As in RecBole, ranks other than each machine's
+        local rank 0 log errors only and show no progress bars.
+        """
+        config = self.final_config_dict
+        if "local_rank" not in config:
+            return super()._init_device()
+        import torch
+
+        from recbole_semprune import distributed
+
+        gpu_id = config["gpu_id"]
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+        config["gpu_id"] = gpu_id
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        nproc = config["nproc"] if config.get("nproc") is not None else 1
+        offset = config.get("offset") or 0
+        ip, port = config.get("ip") or "localhost", config.get("port") or 5678
+        world_size = distributed.check_settings(nproc, config.get("world_size"), offset, port)
+        local_rank = config["local_rank"]
+        if not 0 <= local_rank < nproc:
+            raise distributed.DistributedSettingsError(
+                f"local_rank={local_rank} is outside 0...{nproc - 1} (nproc={nproc})."
+            )
+        use_cuda = bool(config["use_gpu"]) and len(gpu_id) > 0 and torch.cuda.is_available()
+        if use_cuda and torch.cuda.device_count() < nproc:
+            raise distributed.DistributedSettingsError(
+                f"nproc={nproc} processes need {nproc} GPUs (one each), but gpu_id='{gpu_id}' "
+                f"makes {torch.cuda.device_count()} visible: list {nproc} GPUs, e.g. "
+                f"--gpu_id='{','.join(map(str, range(nproc)))}', or train on CPU processes "
+                "with --use_gpu=False."
+            )
+        backend = distributed.resolve_backend(config.get("dist_backend"), use_cuda)
+        rank = offset + local_rank
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        if torch.distributed.is_initialized():  # a second Config in the same process
+            if (torch.distributed.get_rank(), torch.distributed.get_world_size()) != (
+                rank, world_size
+            ):
+                raise distributed.DistributedSettingsError(
+                    f"This process already belongs to a process group as rank "
+                    f"{torch.distributed.get_rank()} of {torch.distributed.get_world_size()}, "
+                    f"not rank {rank} of {world_size}."
+                )
+        else:
+            torch.distributed.init_process_group(
+                backend=backend,
+                rank=rank,
+                world_size=world_size,
+                init_method=f"tcp://{ip}:{port}",
+            )
+        config.update(
+            world_size=world_size,
+            offset=offset,
+            nproc=nproc,
+            ip=ip,
+            port=port,
+            dist_backend=backend,
+            single_spec=False,
+            device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
+        )
+        if not use_cuda:
+            distributed.set_cpu_threads(nproc)
+        if local_rank != 0:
+            config["state"] = "error"
+            config["show_progress"] = False
+            config["verbose"] = False

@@ -6,6 +6,7 @@ checkpoint. They never import ``recbole.quick_start`` (which imports ray).
 """
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from logging import getLogger
@@ -27,7 +28,9 @@ def _build(config, logger=None):
     if logger:
         logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # one seed per process (RecBole adds local_rank, which repeats on every machine)
+    rank = 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
+    init_seed(config["seed"] + rank, config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, train_data, valid_data, test_data, model, trainer
@@ -45,10 +48,19 @@ def run_recbole_semprune(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole creates these with exists-then-makedirs: processes started together race on it
+    for folder in (os.path.join("log", config["model"]), "log_tensorboard", config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
+    if config["single_spec"] and (config["nproc"] or 1) > 1:
+        logger.warning(
+            f"nproc={config['nproc']} is set, but run_recbole_semprune() trains in this one "
+            "process: use recbole_semprune.quick_start.run(...) or run_recbole_semprune.py "
+            "--nproc=N to start several (docs/distributed.md)."
+        )
 
     dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger)
     logger.info(model)
@@ -92,28 +104,90 @@ def _run_rank(rank, *args):
     run_recbole_semprune(*args[:3], **kwargs)
 
 
+# run()'s argument -> (config key, RecBole's default)
+DISTRIBUTED_KEYS = {
+    "nproc": ("nproc", 1),
+    "world_size": ("world_size", -1),
+    "ip": ("ip", "localhost"),
+    "port": ("port", "5678"),
+    "group_offset": ("offset", 0),
+}
+
+
+def _file_settings(config_file_list):
+    """The distributed keys set in the user's config files (later files win)."""
+    import yaml
+
+    settings = {}
+    for file in config_file_list or []:
+        with open(file, "r", encoding="utf-8") as f:
+            content = yaml.safe_load(f) or {}
+        if isinstance(content, dict):
+            keys = {key for key, _ in DISTRIBUTED_KEYS.values()}
+            settings.update({key: value for key, value in content.items() if key in keys})
+    return settings
+
+
+def distributed_settings(config_file_list=None, config_dict=None, **arguments):
+    """``{nproc, world_size, ip, port, group_offset}`` of a run: each from ``run()``'s
+    argument if given (not None), else the config dict, else the config files, else
+    RecBole's default; checked, with ``world_size`` -1 resolved to ``nproc``."""
+    from recbole_semprune.distributed import check_settings
+
+    layers = [_file_settings(config_file_list), dict(config_dict or {})]
+    settings = {}
+    for argument, (key, default) in DISTRIBUTED_KEYS.items():
+        value = arguments.get(argument)
+        if value is None:
+            value = next((layer[key] for layer in reversed(layers) if key in layer), default)
+        settings[argument] = value
+    settings["world_size"] = check_settings(
+        settings["nproc"], settings["world_size"], settings["group_offset"], settings["port"]
+    )
+    return settings
+
+
 def run(
     model,
     dataset,
     config_file_list=None,
     config_dict=None,
     saved=True,
-    nproc=1,
-    world_size=-1,
-    ip="localhost",
-    port="5678",
-    group_offset=0,
+    nproc=None,
+    world_size=None,
+    ip=None,
+    port=None,
+    group_offset=None,
 ):
-    """Single- or multi-process run, with the arguments of ``recbole.quick_start.run``."""
-    if nproc == 1 and world_size <= 0:
+    """Single- or multi-process run, with the arguments of ``recbole.quick_start.run``.
+
+    ``nproc`` processes are started on this machine (ranks ``group_offset`` ...
+    ``group_offset + nproc - 1`` of ``world_size``, meeting at ``ip:port``), each training on
+    its share of every batch: gloo on CPU, NCCL on GPUs (key ``dist_backend``). An argument
+    left None is taken from ``config_dict``, then the config files (keys ``nproc``,
+    ``world_size``, ``ip``, ``port``, ``offset``), then RecBole's default (1, -1 = nproc,
+    localhost, 5678, 0). Returns the result dict of this machine's first process (None if it
+    gave none). See docs/distributed.md.
+    """
+    settings = distributed_settings(
+        config_file_list, config_dict, nproc=nproc, world_size=world_size, ip=ip, port=port,
+        group_offset=group_offset,
+    )
+    nproc, world_size = settings["nproc"], settings["world_size"]
+    if nproc == 1 and world_size == 1:
         return run_recbole_semprune(model, dataset, config_file_list, config_dict, saved)
     import torch.multiprocessing as mp
 
-    world_size = nproc if world_size == -1 else world_size
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update(
-        {"world_size": world_size, "ip": ip, "port": port, "nproc": nproc, "offset": group_offset}
+        {
+            "world_size": world_size,
+            "ip": settings["ip"],
+            "port": settings["port"],
+            "nproc": nproc,
+            "offset": settings["group_offset"],
+        }
     )
     kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
     mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
@@ -152,6 +226,8 @@ def load_data_and_model(model_file, device=None):
     """
     checkpoint = load_checkpoint(model_file, map_location="cpu")
     config = checkpoint["config"]
+    if not config["single_spec"]:  # written by a multi-process run: reload in this one
+        config["single_spec"], config["local_rank"] = True, 0
     if device is None:
         device = config["device"]
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():

@@ -9,6 +9,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
 from recbole_semprune.compat import recbole_checkpoint_loading
+from recbole_semprune.distributed import DistributedTrainerMixin
 
 
 class PeakMemory:
@@ -76,10 +77,15 @@ class CheckpointLoadingMixin:
 
 
 def with_checkpoint_loading(trainer_class):
-    """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints."""
+    """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints,
+    and, if it is a ``Trainer``, to run in RecBole's distributed mode on CPU too (see
+    :mod:`recbole_semprune.distributed`)."""
     if issubclass(trainer_class, CheckpointLoadingMixin):
         return trainer_class
-    return type(trainer_class.__name__, (CheckpointLoadingMixin, trainer_class), {})
+    mixins = (CheckpointLoadingMixin,)
+    if issubclass(trainer_class, RecBoleTrainer):
+        mixins = (DistributedTrainerMixin,) + mixins
+    return type(trainer_class.__name__, mixins + (trainer_class,), {})
 
 
 def model_epoch_stats(model):
@@ -89,10 +95,11 @@ def model_epoch_stats(model):
     return dict(pop()) if pop is not None else {}
 
 
-class Trainer(CheckpointLoadingMixin, RecBoleTrainer):
+class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
     """RecBole's ``Trainer`` that also measures, per epoch, train steps, input tokens/s and peak
-    memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line), and
-    reads its own checkpoints on torch >= 2.6.
+    memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line),
+    reads its own checkpoints on torch >= 2.6 and runs in RecBole's distributed mode on CPU
+    (gloo) and GPU (NCCL) with single-process metrics (:mod:`recbole_semprune.distributed`).
 
     A model may report figures of its own per epoch: ``pop_epoch_stats()`` returns them as a
     dict (and resets them), merged into the epoch's stats; ``describe_epoch_stats(stats)``

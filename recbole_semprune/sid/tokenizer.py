@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from recbole.utils import set_color
 
+from recbole_semprune import distributed
 from recbole_semprune.sid import cache
 from recbole_semprune.sid.embeddings import ItemEmbeddings, item_embeddings
 from recbole_semprune.sid.features import (
@@ -119,6 +120,13 @@ def _quantize(settings, vectors, sizes, generator):
 def build_semantic_ids(config, dataset):
     """Semantic IDs for every item of ``dataset``, from the cache when nothing changed.
 
+    In a multi-process run (an initialised ``torch.distributed`` group of several processes)
+    this is a collective that every rank calls: global rank 0 builds the codes (or reads
+    them from its cache) and sends them to the other ranks, which neither build nor read a
+    cache, so the codes are built once and are the same everywhere, with or without
+    ``sid_cache`` and without a shared file system. Their ``meta`` then says
+    ``received_from_rank: 0``.
+
     Args:
         config (Config): a RecBole / plugin Config (or a dict) with the ``sid_*`` keys of
             ``properties/sid.yaml`` (missing keys take those defaults), ``seed``,
@@ -136,6 +144,21 @@ def build_semantic_ids(config, dataset):
         vector source, ``seconds``, ``backend``, ``quantizer``, ``cache_hit`` and
         ``cache_path``.
     """
+    if not distributed.is_distributed():
+        return _build_semantic_ids(config, dataset)
+    sids = distributed.share_from_rank0(
+        lambda: _build_semantic_ids(config, dataset), "the semantic IDs"
+    )
+    if torch.distributed.get_rank() != 0:
+        sids = SemanticIDs(sids.codes, sids.level_sizes, dict(sids.meta, received_from_rank=0))
+        logging.getLogger().info(
+            set_color("Semantic IDs: received from rank 0", "green") + f" ({sids!r})"
+        )
+    return sids
+
+
+def _build_semantic_ids(config, dataset):
+    """:func:`build_semantic_ids` in one process."""
     start = time.perf_counter()
     logger = logging.getLogger()
     settings = read_settings(config)
