@@ -277,7 +277,7 @@ def _cell(column, value):
     if value is None:
         return "—"
     if column.endswith("_ratio"):
-        return f"{value:.3f}x" if value < 0.1 else f"{value:.2f}x"
+        return f"{value:.2g}x" if value < 0.1 else f"{value:.2f}x"
     if column.endswith("_ms"):
         return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
     if isinstance(value, int):
