@@ -303,7 +303,9 @@ def markdown(meta, rows):
         "full-history SID model's KV cache of the history (all layers, keys and values)",
         "",
         "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" if c in ("model", "state_kind") else "---:" for c in COLUMNS) + " |",
+        "| "
+        + " | ".join("---" if c in ("model", "state_kind") else "---:" for c in COLUMNS)
+        + " |",
     ]
     for row in rows:
         lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in COLUMNS) + " |")

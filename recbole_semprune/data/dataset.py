@@ -136,7 +136,8 @@ class SIDSequentialDataset(SequentialDataset):
         if self.train_rows == "prefix":
             self.logger.info(
                 set_color("training rows", "blue")
-                + f": prefix (RecBole's, one per prefix of each user's training sequence): {n_prefix}"
+                + ": prefix (RecBole's, one per prefix of each user's training sequence): "
+                + str(n_prefix)
             )
             return
         users = feat[self.uid_field].numpy()

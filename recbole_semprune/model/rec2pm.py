@@ -25,6 +25,7 @@ Training is parallel (self-referential teacher forcing, no loop over segments):
 """
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -316,12 +317,13 @@ class Rec2PM(DecoderOnlySID):
         histories ``[B, N]`` (tensor or list of lists of item ids, oldest first, 0 = padding;
         ``lengths`` optional), which are read as :meth:`update` reads new items."""
         device = self.codes.device
-        if isinstance(users, int):
+        if isinstance(users, numbers.Integral) and not isinstance(users, bool):
             batch, histories = users, None
         else:
             histories = self._as_items(users, lengths)
             batch = histories.shape[0]
-        c, d = self.mem_tokens, self.hidden_size
+        c = self.mem_tokens
+        batch = int(batch)
         state = Rec2PMState(
             memory=self.initial_state_memory(batch).detach().clone(),
             memory_mask=torch.ones(batch, c, dtype=torch.bool, device=device),
@@ -427,9 +429,9 @@ class Rec2PM(DecoderOnlySID):
     def target_hidden(self, item_seq, item_seq_len, target_tokens):
         x, mask, last, positions = self.context(self.init_state(item_seq, item_seq_len))
         target = self.embed_target_tokens(target_tokens[:, :-1], 0, positions)
+        target_mask = torch.ones_like(target_tokens[:, :-1], dtype=torch.bool)
         hidden = self.decoder(
-            torch.cat([x, target], dim=1),
-            padding_mask=torch.cat([mask, torch.ones_like(target_tokens[:, :-1], dtype=torch.bool)], 1),
+            torch.cat([x, target], dim=1), padding_mask=torch.cat([mask, target_mask], 1),
             causal=True,
         ).hidden
         first = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, self.hidden_size))
