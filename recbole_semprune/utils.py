@@ -163,4 +163,10 @@ def create_dataset(config):
     dataset_class = getattr(get_model(config["model"]), "dataset_class", None)
     if dataset_class is not None:
         return dataset_class(config)
+    if (config["train_rows"] or "prefix") != "prefix":
+        raise ValueError(
+            f"train_rows: {config['train_rows']} is a setting of this plugin's SID datasets; "
+            f"{config['model']} uses RecBole's own dataset, which always makes one training row "
+            "per prefix. Remove train_rows for this model."
+        )
     return recbole_create_dataset(config)

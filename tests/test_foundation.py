@@ -176,3 +176,9 @@ def test_recbole_model_lookup_leaves_anomaly_detection_off(monkeypatch):
     Config(model="SASRec", dataset="ml-100k")
     get_model("SINE")
     assert not torch.is_anomaly_enabled()
+
+
+def test_train_rows_is_refused_where_recbole_builds_the_dataset(tiny_data):
+    config = Config("SASRec", "tiny", config_dict=dict(tiny_data, train_rows="user"))
+    with pytest.raises(ValueError, match="SASRec uses RecBole's own dataset"):
+        create_dataset(config)

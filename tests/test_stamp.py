@@ -219,3 +219,4 @@ def test_bad_settings_fail_clearly(tiny_data):
     ]:
         with pytest.raises(ValueError, match=message):
             build("STAMPSID", tiny_data, **overrides)
+
