@@ -76,6 +76,9 @@ def build_parser():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--valid", action="store_true", help="also report validation metrics")
     parser.add_argument("--metric", default="ndcg@10", help="accuracy axis of the plot")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the points that finished in --output with the same settings "
+                             "(the benchmark's --resume); rewrites the CSV and the plot")
     parser.add_argument("--output", default=None,
                         help="output folder (default bench_out/rastp-sweep-<dataset>-<time>)")
     return parser
@@ -112,6 +115,8 @@ def benchmark_argv(args, point, extra, output):
         argv.append(f"--threads={args.threads}")
     if args.valid:
         argv.append("--valid")
+    if args.resume:
+        argv.append("--resume")
     return argv + [f"--{key}={value}" for key, value in point.items()] + extra
 
 
@@ -129,10 +134,12 @@ def run_point(args, point, extra, output):
 
 
 def add_speedups(rows):
-    """Speed-ups against the unpruned point (its seconds / this point's seconds)."""
+    """Speed-ups against the unpruned point (its seconds / this point's seconds): wall clock,
+    and CPU seconds of the worker process (robust to other load on the machine)."""
     base = next((r for r in rows if r["point"] == "unpruned" and r.get("status") == "ok"), None)
     for row in rows:
         for column, source in (("train_speedup", "train_seconds_per_step"),
+                               ("train_cpu_speedup", "train_cpu_seconds_per_step"),
                                ("eval_speedup", "eval_seconds")):
             ok = base is not None and row.get("status") == "ok" and row.get(source)
             row[column] = base[source] / row[source] if ok else None
@@ -141,7 +148,8 @@ def add_speedups(rows):
 def write_csv(path, rows):
     metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
     columns = (["point"] + SETTINGS + ["status", "train_seconds_per_step", "train_speedup",
-               "eval_seconds", "eval_speedup", "tokens_per_second", "peak_memory_mb"]
+               "train_cpu_seconds_per_step", "train_cpu_speedup", "eval_seconds", "eval_speedup",
+               "tokens_per_second", "peak_memory_mb"]
                + KEPT_COLUMNS + metrics
                + ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
                   "params", "error", "output"])
@@ -152,8 +160,9 @@ def write_csv(path, rows):
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
 
 
-def write_plot(path, rows, metric, title):
-    """Speed-up (x) vs ``metric`` (y): colour = scorer, marker = prune_layer, label = ratio."""
+def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
+    """Speed-up (x, ``speedup``: CPU seconds by default) vs ``metric`` (y): colour = scorer,
+    marker = prune_layer, label = ratio."""
     try:
         import matplotlib
 
@@ -162,7 +171,7 @@ def write_plot(path, rows, metric, title):
     except ImportError:
         logger.warning("matplotlib is not installed: %s skipped (pip install matplotlib)", path)
         return False
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("train_speedup") is not None
+    ok = [r for r in rows if r.get("status") == "ok" and r.get(speedup) is not None
           and r.get(metric) is not None]
     if not ok:
         logger.warning("no finished point has %s: %s skipped", metric, path)
@@ -177,9 +186,9 @@ def write_plot(path, rows, metric, title):
             ax.axhline(row[metric], color="grey", linestyle="--", linewidth=1)
             ax.scatter([1.0], [row[metric]], color="black", marker="*", s=120, zorder=3)
             continue
-        ax.scatter([row["train_speedup"]], [row[metric]], color=colors[row["prune_scorer"]],
+        ax.scatter([row[speedup]], [row[metric]], color=colors[row["prune_scorer"]],
                    marker=markers[row["prune_layer"]], s=45, zorder=3)
-        ax.annotate(f"{row['keep_ratio']:g}", (row["train_speedup"], row[metric]), fontsize=7,
+        ax.annotate(f"{row['keep_ratio']:g}", (row[speedup], row[metric]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     handles = [plt.Line2D([], [], color="black", marker="*", linestyle="", label="unpruned")]
     handles += [plt.Line2D([], [], color=colors[s], marker="o", linestyle="", label=s)
@@ -187,7 +196,7 @@ def write_plot(path, rows, metric, title):
     handles += [plt.Line2D([], [], color="grey", marker=markers[layer], linestyle="",
                            label=f"prune_layer {layer}") for layer in layers]
     ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set_xlabel("training speed-up vs unpruned (seconds/step ratio); labels: keep_ratio")
+    ax.set_xlabel("training speed-up vs unpruned (CPU seconds/step ratio); labels: keep_ratio")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
