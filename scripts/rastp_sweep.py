@@ -163,13 +163,8 @@ def write_csv(path, rows):
 def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
     """Speed-up (x, ``speedup``: CPU seconds by default) vs ``metric`` (y): colour = scorer,
     marker = prune_layer, label = ratio."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: %s skipped (pip install matplotlib)", path)
+    plt = report.pyplot(path)
+    if plt is None:
         return False
     ok = [r for r in rows if r.get("status") == "ok" and r.get(speedup) is not None
           and r.get(metric) is not None]
@@ -200,9 +195,7 @@ def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(plt, fig, path)
     return True
 
 

@@ -105,3 +105,38 @@ def stepwise_log_probs(net, seq, seq_len, codes):
         log_probs, state = step(state, codes[:, :level], level)
         total += log_probs.gather(1, codes[:, level : level + 1]).squeeze(1)
     return total
+
+
+# Sizes of the pruning tests (test_pruning, test_stamp): 3 layers, pruning after the 2nd.
+PRUNING_SMALL = {
+    "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10,
+    "n_layers": 3, "n_dec_layers": 1, "prune_layer": 2,
+}
+# backbone key -> the unpruned model of that backbone
+BACKBONES = {"tiger": "TIGER", "decoder_only": "DecoderOnlySID"}
+
+
+def build_pruning_net(model, tiny_data, **overrides):
+    """``(model in eval mode, train loader, test loader)`` at :data:`PRUNING_SMALL` sizes."""
+    from recbole_semprune.config import Config
+    from recbole_semprune.quick_start import _build
+
+    config = Config(model=model, dataset="tiny",
+                    config_dict={**tiny_data, **PRUNING_SMALL, **overrides})
+    _, train_data, _, test_data, net, _ = _build(config)
+    return net.eval(), train_data, test_data
+
+
+def reload_and_evaluate(saved_model_file, monkeypatch):
+    """Test metrics of a checkpoint reloaded by ``load_data_and_model``, which must take the
+    semantic IDs from the checkpoint (rebuilding them fails the test)."""
+    from recbole_semprune.quick_start import load_data_and_model
+    from recbole_semprune.utils import get_trainer
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("semantic IDs were rebuilt")
+
+    monkeypatch.setattr("recbole_semprune.model.sid_recommender.build_semantic_ids", no_rebuild)
+    config, net, _, _, _, test_data = load_data_and_model(saved_model_file)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    return trainer.evaluate(test_data, load_best_model=False)

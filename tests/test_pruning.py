@@ -7,8 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import stepwise_log_probs
-from recbole_semprune.config import Config
+from conftest import BACKBONES, PRUNING_SMALL as SMALL, build_pruning_net as build, stepwise_log_probs
 from recbole_semprune.model import pruning
 from recbole_semprune.model.layers import MultiHeadAttention
 from recbole_semprune.model.pruning import (
@@ -20,20 +19,9 @@ from recbole_semprune.model.pruning import (
     register_scorer,
     select_tokens,
 )
-from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
+from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 from recbole_semprune.utils import get_trainer
 
-SMALL = {
-    "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10,
-    "n_layers": 3, "n_dec_layers": 1, "prune_layer": 2,
-}
-BACKBONES = {"tiger": "TIGER", "decoder_only": "DecoderOnlySID"}
-
-
-def build(model, tiny_data, **overrides):
-    config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **SMALL, **overrides})
-    _, train_data, _, test_data, net, _ = _build(config)
-    return net.eval(), train_data, test_data
 
 
 def short_histories(test_data, n=16):

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_PROTOCOL, write_atomic
+from conftest import TINY, TINY_PROTOCOL, write_atomic, reload_and_evaluate
 from recbole_semprune.config import Config
 from recbole_semprune.model.rec2pm import Rec2PMState, global_attention_mask
-from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
-from recbole_semprune.utils import get_trainer
+from recbole_semprune.quick_start import _build, run_recbole_semprune
 
 SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len": 3, "mem_tokens": 2}
 
@@ -366,13 +365,7 @@ def test_trains_evaluates_and_reloads_to_identical_metrics(tiny_data, monkeypatc
     result = run_recbole_semprune(model="Rec2PM", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
     assert 0 <= result["test_result"]["ndcg@10"] <= 1
 
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("semantic IDs were rebuilt")
-
-    monkeypatch.setattr("recbole_semprune.model.sid_recommender.build_semantic_ids", no_rebuild)
-    config, net, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    again = trainer.evaluate(test_data, load_best_model=False)
+    again = reload_and_evaluate(result["saved_model_file"], monkeypatch)
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
 
 

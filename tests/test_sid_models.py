@@ -7,10 +7,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, stepwise_log_probs
+from conftest import REPO, stepwise_log_probs, reload_and_evaluate
 from recbole_semprune.config import Config
-from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
-from recbole_semprune.utils import get_trainer
+from recbole_semprune.quick_start import _build, run_recbole_semprune
 
 MODELS = ["TIGER", "DecoderOnlySID"]
 SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
@@ -126,13 +125,7 @@ def test_dense_loss_trains_on_the_whole_stream(tiny_data):
 def test_trained_checkpoint_reloads_to_identical_metrics(model, tiny_data, monkeypatch):
     result = run_recbole_semprune(model=model, dataset="tiny", config_dict=dict(tiny_data, **SMALL))
     # reloading must take the codes from the checkpoint, not rebuild them
-    def no_rebuild(*args, **kwargs):
-        raise AssertionError("semantic IDs were rebuilt")
-
-    monkeypatch.setattr("recbole_semprune.model.sid_recommender.build_semantic_ids", no_rebuild)
-    config, net, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    again = trainer.evaluate(test_data, load_best_model=False)
+    again = reload_and_evaluate(result["saved_model_file"], monkeypatch)
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
 
 

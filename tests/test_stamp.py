@@ -4,25 +4,14 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from conftest import TINY, write_atomic
+from conftest import TINY, write_atomic, BACKBONES, PRUNING_SMALL as SMALL, build_pruning_net as build
 from recbole_semprune.config import Config
 from recbole_semprune.data.dataset import future_field
 from recbole_semprune.model.pruning import SCORERS
 from recbole_semprune.model.stamp import DecoderOnlySTAMP, STAMPSID, stamp_score
-from recbole_semprune.quick_start import _build, load_data_and_model, run_recbole_semprune
+from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 from recbole_semprune.utils import create_dataset, get_model, get_trainer
 
-SMALL = {
-    "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10,
-    "n_layers": 3, "n_dec_layers": 1, "prune_layer": 2,
-}
-BACKBONES = {"tiger": "TIGER", "decoder_only": "DecoderOnlySID"}
-
-
-def build(model, tiny_data, **overrides):
-    config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **SMALL, **overrides})
-    _, train_data, _, test_data, net, _ = _build(config)
-    return net.eval(), train_data, test_data
 
 
 # ---- no leakage: hand-made dataset ----------------------------------------------------------

@@ -41,6 +41,8 @@ import sys
 import warnings
 from time import perf_counter
 
+from recbole_semprune.benchmark import report
+
 logger = logging.getLogger("recbole_semprune.benchmark")
 
 DEFAULT_LENGTHS = (50, 200, 500, 1000, 2000)
@@ -317,18 +319,7 @@ def write_plot(path, rows, title=None):
 
     Returns True when written, False (with a log line) without matplotlib.
     """
-    if not rows:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info(
-            "matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
-            os.path.basename(path),
-        )
+    if not rows or (plt := report.pyplot(path)) is None:
         return False
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -348,9 +339,7 @@ def write_plot(path, rows, title=None):
     axes[0].legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(plt, fig, path)
     return True
 
 

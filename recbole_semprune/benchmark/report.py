@@ -288,8 +288,9 @@ def plot_title(meta):
     return f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
 
 
-def _pyplot(path):
-    """matplotlib's pyplot on the Agg backend, or None (with a log line) without matplotlib."""
+def pyplot(path):
+    """matplotlib's pyplot on the Agg backend, or None (with a log line naming ``path``, the
+    plot skipped) without matplotlib."""
     try:
         import matplotlib
 
@@ -302,6 +303,13 @@ def _pyplot(path):
         )
         return None
     return plt
+
+
+def save_figure(plt, fig, path):
+    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _accuracy_metric(ok):
@@ -320,7 +328,7 @@ def write_plot(path, rows, title=None):
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return False
-    plt = _pyplot(path)
+    plt = pyplot(path)
     if plt is None:
         return False
     metric = _accuracy_metric(ok)
@@ -337,9 +345,7 @@ def write_plot(path, rows, title=None):
         ax.tick_params(axis="x", rotation=30)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -352,7 +358,7 @@ def write_tradeoff_plot(path, rows, title=None):
     points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric))
               for r in ok]
     points = [p for p in points if _finite(p[1]) and _finite(p[2])]
-    if not points or (plt := _pyplot(path)) is None:
+    if not points or (plt := pyplot(path)) is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, seconds, value in points:
@@ -363,9 +369,7 @@ def write_tradeoff_plot(path, rows, title=None):
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -390,7 +394,7 @@ def write_curves(csv_path, png_path, rows, title=None):
         writer.writeheader()
         writer.writerows(points)
     metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
-    if metric not in points[0] or (plt := _pyplot(png_path)) is None:
+    if metric not in points[0] or (plt := pyplot(png_path)) is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for model in dict.fromkeys(p["model"] for p in points):
@@ -403,9 +407,7 @@ def write_curves(csv_path, png_path, rows, title=None):
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, png_path)
     return True
 
 
