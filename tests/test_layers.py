@@ -12,7 +12,9 @@ from recbole_semprune.model.layers import (
     build_attention_mask,
     cache_length,
     init_weights,
+    reorder_beams,
     reorder_cache,
+    share_cache,
 )
 
 ATOL = 1e-5
@@ -204,6 +206,41 @@ def test_reorder_cache_gathers_beams():
     nested = reorder_cache({"a": (torch.arange(2), None), "b": [torch.eye(2)], "n": 3}, torch.tensor([1]))
     assert nested["a"][0].tolist() == [1] and nested["a"][1] is None and nested["n"] == 3
     assert nested["b"][0].tolist() == [[0.0, 1.0]]
+
+
+def test_shared_prompt_cache_equals_a_copy_per_beam():
+    """Beams of a user attend to its prompt's keys held once (share_cache + reorder_beams) and
+    get exactly what a full per-beam run gets, padding of the prompt included."""
+    stack = _stack(n_layers=3, seed=7)
+    B, T, G = 3, 6, 4
+    prompt = torch.randn(B, T, 16)
+    pad = _padding([6, 2, 4], T).flip(1)  # left-padded prompts, as the decoder-only model's
+    steps = torch.randn(B * G, 3, 16)
+    cache = share_cache(stack(prompt, padding_mask=pad, causal=True, cache=stack.init_cache()).cache)
+    assert cache[0]["shared_k"].shape == (B, 3, T, 8) and cache[0].get("self_k") is None
+    assert cache_length(cache) == T
+    beams = torch.arange(B).repeat_interleave(G)  # user-major rows, G beams per user
+    mask = pad[beams]
+    for t in range(steps.shape[1]):
+        # a beam-search-like reorder between steps: beams of a user swap rows, users never mix
+        order = (beams * G + torch.randperm(G).repeat(B)) if t else torch.arange(B * G)
+        steps, mask = steps[order], mask[order]
+        if t:
+            cache = reorder_beams(cache, order)
+        mask = torch.cat([mask, torch.ones(B * G, 1, dtype=torch.bool)], dim=1)
+        out = stack(steps[:, t:t + 1], padding_mask=mask, causal=True, cache=cache)
+        full = stack(torch.cat([prompt[beams], steps[:, :t + 1]], dim=1), padding_mask=mask,
+                     causal=True).hidden[:, -1]
+        torch.testing.assert_close(out.hidden[:, 0], full, atol=ATOL, rtol=0)
+        cache = out.cache
+        assert cache[2]["shared_k"].shape[0] == B  # never copied per beam
+        assert cache[2]["self_k"].shape == (B * G, 3, t + 1, 8)
+        assert cache_length(cache) == T + t + 1
+    with pytest.raises(ValueError, match="share a cache only once"):
+        share_cache(cache)
+    with pytest.raises(ValueError, match="cannot share"):
+        stack(steps[:5, :1], padding_mask=mask[:5, : T + 1], causal=True, cache=share_cache(
+            stack(prompt, padding_mask=pad, causal=True, cache=stack.init_cache()).cache))
 
 
 def test_layer_options_and_init_weights():

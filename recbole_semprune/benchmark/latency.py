@@ -138,7 +138,7 @@ def tensor_bytes(value, keys=None):
     return 0
 
 
-KV_KEYS = ("self_k", "self_v", "cross_k", "cross_v")
+KV_KEYS = ("self_k", "self_v", "shared_k", "shared_v", "cross_k", "cross_v")
 
 
 def _synthetic_history(model, n, seed):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from recbole_semprune.data.dataset import SIDSequentialDataset
-from recbole_semprune.model.layers import reorder_cache
+from recbole_semprune.model.layers import reorder_beams, share_cache
 from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
@@ -127,6 +127,7 @@ class DecoderOnlySID(SIDRecommender):
                     state["x"], padding_mask=state["mask"], causal=True,
                     cache=self.decoder.init_cache(),
                 )
+                out = out._replace(cache=share_cache(out.cache))  # one copy per user, not beam
                 mask = state["mask"]
             else:
                 x = self.embed_target(self.code_tokens(prefixes[:, -1:], level - 1), level - 1)
@@ -134,4 +135,4 @@ class DecoderOnlySID(SIDRecommender):
                 out = self.decoder(x, padding_mask=mask, causal=True, cache=state["cache"])
             return self.level_log_probs(out.hidden[:, -1], level), {"cache": out.cache, "mask": mask}
 
-        return {"x": history, "mask": mask}, step, reorder_cache
+        return {"x": history, "mask": mask}, step, reorder_beams

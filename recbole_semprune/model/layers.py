@@ -29,6 +29,13 @@ keys/values of every position decoded so far), and for cross-attention stacks ``
 :func:`reorder_cache` (``index_select`` on dim 0) re-gathers or expands it for beam search.
 Create it with :meth:`TransformerStack.init_cache`, feed it to ``forward(..., cache=cache)`` and
 use the returned ``StackOutput.cache`` for the next step (the input cache is not modified).
+
+Beam search keeps what all beams of a user share at one row per user: the encoder memory
+(``cross_*``) and, after :func:`share_cache`, the self-attention keys/values of the prompt (the
+history of a decoder-only model) as ``"shared_k"`` / ``"shared_v"``. The ``B * G`` query rows of
+the beams are grouped per user (rows user-major, ``G`` beams each) and attend to those keys
+without copying them per beam; :func:`reorder_beams` re-gathers only the per-beam entries.
+Padding masks still address every key of a row: ``[shared; self; new]``.
 """
 
 import math
@@ -41,7 +48,8 @@ from torch import nn
 __all__ = [
     "init_weights",
     "reorder_cache",
-    "reorder_self_cache",
+    "reorder_beams",
+    "share_cache",
     "cache_length",
     "build_attention_mask",
     "MultiHeadAttention",
@@ -88,22 +96,56 @@ def reorder_cache(cache, index: torch.Tensor):
     return cache
 
 
-def reorder_self_cache(cache: list, index: torch.Tensor) -> list:
-    """Like :func:`reorder_cache`, but re-gathers only the self-attention keys/values: the
-    cross-attention memory keeps one row per user and is shared by that user's beams (query
-    rows are grouped per memory row, see :class:`MultiHeadAttention`)."""
-    return [
-        dict(layer, **{key: layer[key].index_select(0, index) for key in ("self_k", "self_v") if key in layer})
-        for layer in cache
-    ]
+SHARED_PREFIXES = ("cross_", "shared_")
+
+
+def reorder_beams(cache, index: torch.Tensor):
+    """Like :func:`reorder_cache`, but entries shared by a user's beams (dict keys starting with
+    ``cross_`` or ``shared_``) keep their one row per user (see the module doc)."""
+    if isinstance(cache, dict):
+        return {
+            key: value if key.startswith(SHARED_PREFIXES) else reorder_beams(value, index)
+            for key, value in cache.items()
+        }
+    if isinstance(cache, (list, tuple)):
+        return type(cache)(reorder_beams(value, index) for value in cache)
+    return reorder_cache(cache, index)
+
+
+def share_cache(cache: list) -> list:
+    """The cache of a prefilled prompt, its self-attention keys/values turned into shared ones:
+    the beams of each user will attend to them without a copy per beam (module doc)."""
+    shared = []
+    for layer in cache:
+        if layer.get("shared_k") is not None:
+            raise ValueError("this cache already holds shared keys: share a cache only once")
+        rest = {key: value for key, value in layer.items() if key not in ("self_k", "self_v")}
+        shared.append(dict(rest, shared_k=layer.get("self_k"), shared_v=layer.get("self_v")))
+    return shared
 
 
 def cache_length(cache) -> int:
-    """Number of positions already held in the self-attention cache (0 for a fresh cache)."""
+    """Number of positions already held in the self-attention cache, shared ones included (0
+    for a fresh cache)."""
     if not cache:
         return 0
-    past = cache[0].get("self_k")
-    return 0 if past is None else past.shape[2]
+    return sum(
+        0 if cache[0].get(key) is None else cache[0][key].shape[2] for key in ("shared_k", "self_k")
+    )
+
+
+def fold_groups(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[rows * G, H, T, d]`` (rows user-major) -> ``[rows, H, G * T, d]``: the ``G`` query rows of
+    one key row side by side, so they attend to that row's keys without a copy."""
+    b, h, t, d = x.shape
+    return x.view(rows, b // rows, h, t, d).transpose(1, 2).reshape(rows, h, b // rows * t, d)
+
+
+def unfold_groups(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of :func:`fold_groups`: ``[rows, H, G * T, e]`` -> ``[batch = rows * G, H, T, e]``."""
+    rows, h, gt, e = x.shape
+    group = batch // rows
+    return x.view(rows, h, group, gt // group, e).transpose(1, 2).reshape(batch, h, gt // group, e)
 
 
 def build_attention_mask(
@@ -189,16 +231,20 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         past_kv=None,
         kv=None,
+        shared_kv=None,
     ):
         """Attend from ``query`` [B, Tq, hidden] to keys/values.
 
         Keys/values come from, by priority: ``kv`` (precomputed ``(k, v)``, e.g. cached encoder
         memory), else ``key_value`` [B, Tk, hidden] (cross-attention), else ``query`` itself
         (self-attention). ``past_kv=(k, v)`` is prepended to them (incremental self-attention);
-        masks then address the full key length ``T_past + Tk``.
+        masks then address the full key length ``T_past + Tk``. ``shared_kv=(k, v)``
+        ``[B / G, H, T_shared, head_size]`` is prepended before those and is shared by ``G``
+        consecutive query rows (beams of one user over its prompt, see the module doc); masks
+        then address ``T_shared + T_past + Tk`` keys.
 
         Returns ``(output [B, Tq, hidden], probs [B, H, Tq, Tk] or None, (k, v))`` where ``(k, v)``
-        are all keys/values attended to (the new self-attention cache).
+        are all keys/values attended to, shared ones excepted (the new self-attention cache).
         """
         q = self._heads(self.q_proj(query))
         if kv is not None:
@@ -208,6 +254,10 @@ class MultiHeadAttention(nn.Module):
         if past_kv is not None:
             k = torch.cat([past_kv[0], k], dim=2)
             v = torch.cat([past_kv[1], v], dim=2)
+        if shared_kv is not None:
+            out = self._attend_with_shared(q, k, v, shared_kv, key_padding_mask, causal, attn_mask)
+            out = out.transpose(1, 2).reshape(query.shape[0], q.shape[2], self.inner_size)
+            return self.dropout(self.out_proj(out)), None, (k, v)
         group = q.shape[0] // k.shape[0]
         if group > 1:
             # Several query rows per key row (the beams of one user attending to that user's
@@ -217,8 +267,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(
                     f"{q.shape[0]} query rows cannot share {k.shape[0]} key rows here"
                 )
-            b, h, t, d = q.shape
-            q = q.view(k.shape[0], group, h, t, d).transpose(1, 2).reshape(k.shape[0], h, group * t, d)
+            q = fold_groups(q, k.shape[0])
         q_len, k_len = q.shape[2], k.shape[2]
         dropout_p = self.attn_dropout_prob if self.training else 0.0
 
@@ -250,11 +299,40 @@ class MultiHeadAttention(nn.Module):
             if row_ok is not None:
                 out = out * row_ok
         if group > 1:
-            out = out.view(k.shape[0], self.n_heads, group, -1, self.head_size).transpose(1, 2)
-            q_len = out.shape[3]
-            out = out.reshape(query.shape[0], self.n_heads, q_len, self.head_size)
+            out = unfold_groups(out, query.shape[0])
+            q_len = out.shape[2]
         out = out.transpose(1, 2).reshape(query.shape[0], q_len, self.inner_size)
         return self.dropout(self.out_proj(out)), probs, (k, v)
+
+    def _attend_with_shared(self, q, k, v, shared_kv, key_padding_mask, causal, attn_mask):
+        """Attention output ``[B, H, Tq, head_size]`` over the keys ``[shared; k]``: one softmax,
+        the shared keys/values (one row per group of query rows) never copied per row."""
+        shared_k, shared_v = shared_kv
+        rows, batch = shared_k.shape[0], q.shape[0]
+        if batch % rows or k.shape[0] != batch:
+            raise ValueError(
+                f"{batch} query rows cannot share {rows} rows of prompt keys"
+                f" (own keys: {k.shape[0]} rows)"
+            )
+        n_shared, q_len = shared_k.shape[2], q.shape[2]
+        scores = torch.cat([
+            unfold_groups(torch.matmul(fold_groups(q, rows), shared_k.transpose(-1, -2)), batch),
+            torch.matmul(q, k.transpose(-1, -2)),
+        ], dim=-1) * (1.0 / math.sqrt(self.head_size))
+        mask = build_attention_mask(
+            q_len, n_shared + k.shape[2], key_padding_mask, causal, attn_mask, device=q.device
+        )
+        row_ok = None
+        if mask is not None:
+            row_ok = mask.any(dim=-1, keepdim=True)
+            scores = scores.masked_fill(~(mask | ~row_ok), float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        if row_ok is not None:
+            probs = probs * row_ok
+        probs = F.dropout(probs, p=self.attn_dropout_prob if self.training else 0.0,
+                          training=self.training)
+        shared_out = torch.matmul(fold_groups(probs[..., :n_shared], rows), shared_v)
+        return unfold_groups(shared_out, batch) + torch.matmul(probs[..., n_shared:], v)
 
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu}
@@ -332,17 +410,22 @@ class TransformerLayer(nn.Module):
     ):
         """Run the block on ``x`` [B, T, hidden].
 
-        ``padding_mask`` [B, T_keys] masks self-attention keys (with a cache, T_keys = T_past + T).
+        ``padding_mask`` [B, T_keys] masks self-attention keys (with a cache, T_keys = T_shared +
+        T_past + T).
         With ``cache`` (a dict, see module doc) past self keys/values are reused and cross
         keys/values are taken from it when present. Returns ``(x, self-attention probs or None,
         new cache dict or None)``.
         """
-        past = None
+        past = shared = None
         if cache is not None and cache.get("self_k") is not None:
             past = (cache["self_k"], cache["self_v"])
+        if cache is not None and cache.get("shared_k") is not None:
+            if need_weights:
+                raise ValueError("need_weights is not available over shared prompt keys")
+            shared = (cache["shared_k"], cache["shared_v"])
         h, probs, (self_k, self_v) = self.self_attn(
             self.self_norm(x), key_padding_mask=padding_mask, causal=causal, attn_mask=attn_mask,
-            need_weights=need_weights, past_kv=past,
+            need_weights=need_weights, past_kv=past, shared_kv=shared,
         )
         x = x + h
         new_cache = None if cache is None else dict(cache, self_k=self_k, self_v=self_v)

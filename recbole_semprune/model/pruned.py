@@ -10,7 +10,7 @@ most, an objective of its own. Neither is registered as a model.
 import torch
 
 from recbole_semprune.model.decoder_only import DecoderOnlySID, Stream
-from recbole_semprune.model.layers import reorder_cache
+from recbole_semprune.model.layers import reorder_beams, share_cache
 from recbole_semprune.model.pruning import TokenPruningMixin
 from recbole_semprune.model.tiger import TIGER
 
@@ -93,7 +93,7 @@ class PrunedDecoderOnly(TokenPruningMixin, DecoderOnlySID):
             if level == 0:  # the history once: pruned exactly as in training
                 run = self.pruner.run(self.decoder, history, mask, causal=True, protect=protect,
                                       cache=self.decoder.init_cache())
-                hidden, cache, masks = run.hidden, run.cache, (mask, run.mask)
+                hidden, cache, masks = run.hidden, share_cache(run.cache), (mask, run.mask)
             else:
                 x = self.embed_target(self.code_tokens(prefixes[:, -1:], level - 1), level - 1)
                 new = torch.ones_like(prefixes[:, -1:], dtype=torch.bool)
@@ -102,4 +102,4 @@ class PrunedDecoderOnly(TokenPruningMixin, DecoderOnlySID):
                 hidden, cache = out.hidden, out.cache
             return self.level_log_probs(hidden[:, -1], level), {"cache": cache, "masks": masks}
 
-        return None, step, reorder_cache
+        return None, step, reorder_beams

@@ -34,7 +34,7 @@ from torch import nn
 
 from recbole_semprune.model.decoder_only import DecoderOnlySID
 from recbole_semprune.model.generation import constrained_beam_search
-from recbole_semprune.model.layers import reorder_cache
+from recbole_semprune.model.layers import reorder_beams, share_cache
 
 MEMORY_MODES = ("overwrite", "append")
 INITIAL_MEMORIES = ("learned", "zeros")
@@ -399,6 +399,7 @@ class Rec2PM(DecoderOnlySID):
                 )
                 index = beam_state["last"].view(-1, 1, 1).expand(-1, 1, self.hidden_size)
                 hidden = out.hidden.gather(1, index).squeeze(1)
+                out = out._replace(cache=share_cache(out.cache))  # one copy per user, not beam
                 mask = beam_state["mask"]
             else:
                 tokens = self.code_tokens(prefixes[:, -1:], level - 1)
@@ -409,7 +410,7 @@ class Rec2PM(DecoderOnlySID):
             new_state = {"cache": out.cache, "mask": mask, "positions": beam_state["positions"]}
             return self.level_log_probs(hidden, level), new_state
 
-        return {"x": x, "mask": mask, "last": last, "positions": positions}, step, reorder_cache
+        return {"x": x, "mask": mask, "last": last, "positions": positions}, step, reorder_beams
 
     @torch.no_grad()
     def recommend(self, state, k=10):

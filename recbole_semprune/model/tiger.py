@@ -10,7 +10,7 @@ d_ff 1024, 4 + 4 layers, dropout 0.15).
 
 import torch
 
-from recbole_semprune.model.layers import reorder_self_cache
+from recbole_semprune.model.layers import reorder_beams
 from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
@@ -71,4 +71,4 @@ class TIGER(SIDRecommender):
             out = self.decoder(x, causal=True, cache=state)
             return self.level_log_probs(out.hidden[:, -1], level), out.cache
 
-        return cache, step, reorder_self_cache
+        return cache, step, reorder_beams
