@@ -180,6 +180,25 @@ def build_attention_mask(
     return mask
 
 
+def open_empty_rows(mask: Optional[torch.Tensor]):
+    """``(mask, row_ok)``: fully masked query rows let to attend to every key (so the softmax
+    stays finite) and ``row_ok`` [..., Tq, 1] marking the others, by which outputs and
+    probabilities are then multiplied (module doc); ``(None, None)`` without a mask."""
+    if mask is None:
+        return None, None
+    row_ok = mask.any(dim=-1, keepdim=True)
+    return mask | ~row_ok, row_ok
+
+
+def masked_probs(scores, mask, row_ok, dtype):
+    """Attention probabilities of ``scores`` under a mask from :func:`open_empty_rows`, rows that
+    may attend to nothing all 0."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(dtype)
+    return probs if row_ok is None else probs * row_ok
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (self- or cross-) attention with a separate ``head_size`` (T5 style).
 
@@ -275,22 +294,14 @@ class MultiHeadAttention(nn.Module):
         mask = None if fast_causal else build_attention_mask(
             q_len, k_len, key_padding_mask, causal, attn_mask, device=q.device
         )
-        row_ok = None
-        if mask is not None:
-            # Fully masked rows attend to every key (finite softmax), then are zeroed by row_ok.
-            row_ok = mask.any(dim=-1, keepdim=True)
-            mask = mask | ~row_ok
+        mask, row_ok = open_empty_rows(mask)
 
         probs = None
         if need_weights:
             scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size))
             if fast_causal:
                 mask = build_attention_mask(q_len, k_len, causal=True, device=q.device)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            if row_ok is not None:
-                probs = probs * row_ok
+            probs = masked_probs(scores, mask, row_ok, q.dtype)
             out = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), v)
         else:
             out = F.scaled_dot_product_attention(
@@ -319,18 +330,11 @@ class MultiHeadAttention(nn.Module):
             unfold_groups(torch.matmul(fold_groups(q, rows), shared_k.transpose(-1, -2)), batch),
             torch.matmul(q, k.transpose(-1, -2)),
         ], dim=-1) * (1.0 / math.sqrt(self.head_size))
-        mask = build_attention_mask(
+        mask, row_ok = open_empty_rows(build_attention_mask(
             q_len, n_shared + k.shape[2], key_padding_mask, causal, attn_mask, device=q.device
-        )
-        row_ok = None
-        if mask is not None:
-            row_ok = mask.any(dim=-1, keepdim=True)
-            scores = scores.masked_fill(~(mask | ~row_ok), float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        if row_ok is not None:
-            probs = probs * row_ok
-        probs = F.dropout(probs, p=self.attn_dropout_prob if self.training else 0.0,
-                          training=self.training)
+        ))
+        probs = F.dropout(masked_probs(scores, mask, row_ok, q.dtype),
+                          p=self.attn_dropout_prob if self.training else 0.0, training=self.training)
         shared_out = torch.matmul(fold_groups(probs[..., :n_shared], rows), shared_v)
         return unfold_groups(shared_out, batch) + torch.matmul(probs[..., n_shared:], v)
 
