@@ -297,3 +297,73 @@ def test_beam_search_with_transformer_kv_cache_equals_brute_force():
         small_items, small_scores = constrained_beam_search(model.step_fn, cache, B, 4, trie)
     _check_valid_distinct(small_items, small_scores, brute)
     assert not torch.equal(items[0], items[1])  # conditioning differs per user
+
+
+# ------------------------------------------------------------------------------- excluded items
+
+
+def test_count_items_matches_python_sets():
+    codes = _random_codes(40, LEVELS, seed=11)
+    trie = PrefixTrie(codes, LEVELS)
+    real = codes[1:].tolist()
+    for length in range(len(LEVELS) + 1):
+        prefixes = list(itertools.product(*[range(s) for s in LEVELS[:length]]))
+        keys = torch.tensor([_mixed_radix(p, LEVELS) for p in prefixes])
+        expected = [sum(tuple(sid[:length]) == p for sid in real) for p in prefixes]
+        assert trie.count_items(keys, length).tolist() == expected
+
+
+@pytest.mark.parametrize("beam_size", [6, 45])
+def test_beam_search_never_returns_excluded_items(beam_size):
+    codes = _random_codes(30, LEVELS, seed=12)
+    trie = PrefixTrie(codes, LEVELS)
+    model = TableModel(n_users=3, sizes=LEVELS, seed=12)
+    brute = model.brute_force(codes)
+    best = brute.argsort(dim=1, descending=True) + 1
+    # user 0: its 5 best items (one twice, plus padding); user 1: nothing; user 2: 28 of 30
+    exclude = torch.zeros(3, 30, dtype=torch.long)
+    exclude[0, :7] = torch.cat([best[0, :5], best[0, :1], torch.zeros(1, dtype=torch.long)])
+    exclude[2, :28] = best[2, :28]
+    items, scores = constrained_beam_search(model.step_fn, torch.arange(3), 3, beam_size, trie,
+                                            exclude=exclude)
+    for user in range(3):
+        banned = set(exclude[user].tolist()) - {0}
+        finite = torch.isfinite(scores[user])
+        assert not banned & set(items[user][finite].tolist())
+        assert int(finite.sum()) == min(beam_size, 30 - len(banned))
+    _check_valid_distinct(items, scores, brute)
+    if beam_size >= 30:  # exhaustive: the top of brute force once the excluded items are gone
+        for user in range(3):
+            allowed = brute[user].clone()
+            allowed[exclude[user][exclude[user] > 0] - 1] = float("-inf")
+            k = 30 - len(set(exclude[user].tolist()) - {0})
+            top, order = allowed.topk(k)
+            assert items[user, :k].tolist() == (order + 1).tolist()
+            torch.testing.assert_close(scores[user, :k], top, atol=1e-5, rtol=0)
+
+
+def test_exclusion_cuts_prefixes_whose_items_are_all_excluded():
+    # every item under the first code 0 is excluded and the model strongly prefers that code:
+    # cutting only at the last level would spend the beams on it and return no item at all
+    sizes = [2, 3, 2]
+    all_sids = torch.tensor(list(itertools.product(*[range(s) for s in sizes])))
+    codes = torch.cat([torch.full((1, 3), -1), all_sids])
+    trie = PrefixTrie(codes, sizes)
+    model = TableModel(n_users=1, sizes=sizes, seed=13, boost=[[0, 0, 0]])
+    under_zero = (all_sids[:, 0] == 0).nonzero().squeeze(1) + 1
+    items, scores = constrained_beam_search(model.step_fn, torch.arange(1), 1, 2, trie,
+                                            exclude=under_zero.view(1, -1))
+    assert torch.isfinite(scores).all()
+    assert (codes[items[0], 0] == 1).all()
+
+
+def test_exclusion_rejects_bad_ids_and_row_counts():
+    codes = _random_codes(10, LEVELS, seed=14)
+    trie = PrefixTrie(codes, LEVELS)
+    model = TableModel(n_users=2, sizes=LEVELS, seed=14)
+    with pytest.raises(ValueError, match="excluded item ids"):
+        constrained_beam_search(model.step_fn, torch.arange(2), 2, 3, trie,
+                                exclude=torch.tensor([[11], [1]]))
+    with pytest.raises(ValueError, match="rows"):
+        constrained_beam_search(model.step_fn, torch.arange(2), 2, 3, trie,
+                                exclude=torch.tensor([[1]]))

@@ -81,6 +81,27 @@ def test_beam_search_equals_brute_force(model, tiny_data):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_exclude_seen_ranks_the_unseen_items_as_brute_force(model, tiny_data):
+    """``exclude_seen``: no history item is generated, and the other items keep their ranking
+    and exact scores (all beams go to unseen items)."""
+    _, _, test_data, net, _ = build(model, tiny_data, beam_size=64)
+    inter = histories(test_data, n=4)
+    seq = inter[net.ITEM_SEQ]
+    with torch.no_grad():
+        full = net.full_sort_predict(inter)
+        net.exclude_seen = True
+        unseen = net.full_sort_predict(inter)
+        items, scores = net.generate(seq, inter[net.ITEM_SEQ_LEN], beam_size=10)
+    seen = torch.zeros_like(full, dtype=torch.bool).scatter_(1, seq, True)
+    seen[:, 0] = False
+    assert seen.sum() > 0
+    assert torch.isinf(unseen[seen]).all()
+    expected = full.masked_fill(seen, float("-inf"))
+    assert torch.allclose(unseen[~seen], expected[~seen], atol=1e-5)
+    assert torch.isfinite(scores).all() and not seen.gather(1, items).any()
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_small_beam_returns_distinct_real_items(model, tiny_data):
     _, _, test_data, net, _ = build(model, tiny_data)
     inter = histories(test_data)

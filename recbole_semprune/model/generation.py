@@ -22,7 +22,7 @@ from torch import nn
 
 from recbole_semprune.model.layers import reorder_cache
 
-__all__ = ["PrefixTrie", "constrained_beam_search", "scores_to_full"]
+__all__ = ["PrefixTrie", "ExcludedItems", "constrained_beam_search", "scores_to_full"]
 
 
 class PrefixTrie(nn.Module):
@@ -71,6 +71,13 @@ class PrefixTrie(nn.Module):
             raise ValueError("semantic IDs must be unique across items")
         order = torch.argsort(key)
         self.register_buffer("item_of_key", order + 1, persistent=False)
+        # full key of every item id (-1 for the padding item 0)
+        self.register_buffer("key_of_item", torch.cat([key.new_full((1,), -1), key]), persistent=False)
+        # radix[l] = number of full keys under one prefix of length l
+        radix = [1] * (self.n_levels + 1)
+        for level in reversed(range(self.n_levels)):
+            radix[level] = radix[level + 1] * self.level_sizes[level]
+        self.radix = radix
 
     def keys(self, level: int) -> torch.Tensor:
         """Sorted keys of the valid prefixes of length ``level``."""
@@ -112,12 +119,66 @@ class PrefixTrie(nn.Module):
         index, found = self._lookup(prefixes)
         return getattr(self, f"child_{level}")[index] & found[:, None]
 
+    def prefix_keys(self, prefixes: torch.Tensor) -> torch.Tensor:
+        """Mixed-radix key [N] of each row of ``prefixes`` [N, l] (rows must be valid codes)."""
+        key = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
+        for level in range(prefixes.shape[1]):
+            key = key * self.level_sizes[level] + prefixes[:, level].long()
+        return key
+
+    def count_items(self, keys: torch.Tensor, length: int) -> torch.Tensor:
+        """Number of items whose SID starts with each prefix of ``length`` codes, given by its
+        key (any shape; a key outside the trie counts 0)."""
+        full = self.keys(self.n_levels)
+        low = keys.clamp(min=0) * self.radix[length]
+        flat = torch.stack([low, low + self.radix[length]]).view(2, -1)
+        bounds = torch.searchsorted(full, flat)
+        return (bounds[1] - bounds[0]).view(keys.shape)
+
     def item_ids(self, full_codes: torch.Tensor) -> torch.Tensor:
         """LongTensor [N]: internal item id of each SID row of ``full_codes`` [N, L] (0 if none)."""
         if full_codes.shape[1] != self.n_levels:
             raise ValueError(f"full_codes must have {self.n_levels} columns")
         index, found = self._lookup(full_codes)
         return torch.where(found, self.item_of_key[index], torch.zeros_like(index))
+
+
+class ExcludedItems:
+    """Items each user must not be recommended (e.g. the items of the history), as a per-user
+    restriction of the trie: a continuation is cut when every item under it is excluded.
+
+    ``exclude`` LongTensor [batch, n] of item ids (0 = padding; duplicates allowed). Cost per
+    level: ``batch x beams x n`` comparisons; no per-user trie is built.
+    """
+
+    def __init__(self, trie: PrefixTrie, exclude: torch.Tensor):
+        if exclude.dim() != 2:
+            raise ValueError(f"exclude must be [users, n] item ids, got shape {tuple(exclude.shape)}")
+        device = trie.key_of_item.device
+        exclude = exclude.to(device=device, dtype=torch.long)
+        if ((exclude < 0) | (exclude >= trie.n_items)).any():
+            raise ValueError(f"excluded item ids must lie in [0, {trie.n_items}) (0 = padding)")
+        exclude = exclude.sort(dim=1).values
+        repeated = torch.zeros_like(exclude, dtype=torch.bool)
+        repeated[:, 1:] = exclude[:, 1:] == exclude[:, :-1]
+        self.trie = trie
+        self.real = (exclude > 0) & ~repeated
+        self.keys = trie.key_of_item[exclude]  # [batch, n] full keys
+
+    def exhausted(self, level: int, prefixes: torch.Tensor) -> torch.Tensor:
+        """BoolTensor [N, level_sizes[level]] (N = batch x beams rows of ``prefixes``
+        [N, level]): continuations under which every item is excluded for the row's user."""
+        trie, size = self.trie, self.trie.level_sizes[level]
+        batch = self.keys.shape[0]
+        beam_keys = trie.prefix_keys(prefixes).view(batch, -1)  # [B, beams]
+        under = self.keys // trie.radix[level]  # excluded items' prefixes of length `level`
+        match = (under[:, None, :] == beam_keys[:, :, None]) & self.real[:, None, :]
+        code = (self.keys // trie.radix[level + 1]) % size  # their code at this level
+        excluded = torch.zeros(batch, beam_keys.shape[1], size, dtype=torch.long, device=code.device)
+        excluded.scatter_add_(2, code[:, None, :].expand_as(match), match.long())
+        candidates = beam_keys[:, :, None] * size + torch.arange(size, device=code.device)
+        total = trie.count_items(candidates, level + 1)
+        return ((excluded >= total) & (total > 0)).view(-1, size)
 
 
 def constrained_beam_search(
@@ -128,6 +189,7 @@ def constrained_beam_search(
     trie: PrefixTrie,
     level_sizes: Optional[Sequence[int]] = None,
     reorder_state: Optional[Callable] = None,
+    exclude: Optional[torch.Tensor] = None,
 ):
     """Beam search over SIDs restricted to the trie, batched over ``batch_size`` users.
 
@@ -137,6 +199,10 @@ def constrained_beam_search(
     per user so beams never duplicate) and returns ``(log_probs [N, level_sizes[l]], new_state)``.
     ``reorder_state(state, flat_index)`` must re-gather the state rows (``flat_index`` LongTensor
     [batch * new_beams] of row indices into the current state); default :func:`reorder_cache`.
+
+    ``exclude`` (LongTensor [batch_size, n], 0 = padding): item ids each user must not get
+    (:class:`ExcludedItems`); prefixes that lead only to excluded items are cut at every level,
+    so the beams go to items the user may get.
 
     Continuations outside the trie get -inf before the top-k. Returns ``(item_ids [B, beam_size],
     scores [B, beam_size])`` sorted by score descending, score = sum of the per-level log-probs.
@@ -151,6 +217,9 @@ def constrained_beam_search(
     reorder_state = reorder_cache if reorder_state is None else reorder_state
     device = trie.keys(0).device
 
+    excluded = None if exclude is None else ExcludedItems(trie, exclude)
+    if excluded is not None and excluded.keys.shape[0] != batch_size:
+        raise ValueError(f"exclude has {excluded.keys.shape[0]} rows for {batch_size} users")
     state = init_state
     prefixes = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
     beam_scores = torch.zeros(batch_size, 1, device=device)
@@ -159,6 +228,8 @@ def constrained_beam_search(
         log_probs, state = step_fn(state, prefixes, level)
         log_probs = log_probs.float().to(device)
         allowed = trie.allowed(level, prefixes)
+        if excluded is not None:
+            allowed &= ~excluded.exhausted(level, prefixes)
         log_probs = log_probs.masked_fill(~allowed, float("-inf"))
         candidates = (beam_scores[:, :, None] + log_probs.view(batch_size, n_beams, size))
         candidates = candidates.view(batch_size, n_beams * size)

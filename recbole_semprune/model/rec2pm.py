@@ -288,8 +288,10 @@ class Rec2PM(DecoderOnlySID):
         return ar_loss, con_loss
 
     def calculate_loss(self, interaction):
+        """``(L_AR, con_weight * L_con)``: RecBole's trainer backpropagates their sum and logs
+        each term per epoch (``train_loss1``, ``train_loss2``)."""
         ar_loss, con_loss = self.loss_terms(interaction)
-        return ar_loss + self.con_weight * con_loss
+        return ar_loss, self.con_weight * con_loss
 
     # ---- serving: state, update, recommend ----------------------------------------------
     def _as_items(self, items, lengths=None):
@@ -413,13 +415,17 @@ class Rec2PM(DecoderOnlySID):
         return {"x": x, "mask": mask, "last": last, "positions": positions}, step, reorder_beams
 
     @torch.no_grad()
-    def recommend(self, state, k=10):
+    def recommend(self, state, k=10, exclude=None):
         """Top ``k`` next items of each user: ``(item_ids [B, k], log_probs [B, k])``, by the
-        same trie-constrained beam search as evaluation (``max(k, beam_size)`` beams)."""
+        same trie-constrained beam search as evaluation (``max(k, beam_size)`` beams).
+        ``exclude`` ``[B, n]`` (tensor or list of lists, 0 = padding): item ids a user must not
+        get, e.g. those it has seen (the state does not keep them)."""
         init, step, reorder = self.state_generation(state)
+        if exclude is not None:
+            exclude = self._as_items(exclude)
         items, scores = constrained_beam_search(
             step, init, state.memory.shape[0], max(k, self.beam_size), self.trie,
-            reorder_state=reorder,
+            reorder_state=reorder, exclude=exclude,
         )
         return items[:, :k], scores[:, :k]
 

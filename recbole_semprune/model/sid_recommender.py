@@ -66,6 +66,8 @@ class SIDRecommender(SequentialRecommender):
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
         self.beam_size = config["beam_size"]
+        # generate only items that are not in the input history (for data without repeats)
+        self.exclude_seen = bool(config["exclude_seen"])
         topk = config["topk"] or []
         topk = [topk] if isinstance(topk, int) else topk
         if topk and self.beam_size < max(topk):
@@ -180,11 +182,12 @@ class SIDRecommender(SequentialRecommender):
 
     @torch.no_grad()
     def generate(self, item_seq, item_seq_len, beam_size=None):
-        """Top ``beam_size`` valid items per history: ``(item_ids [B, K], log_probs [B, K])``."""
+        """Top ``beam_size`` valid items per history: ``(item_ids [B, K], log_probs [B, K])``;
+        with ``exclude_seen``, none of them is an item of its history."""
         init_state, step_fn, reorder_state = self.generation_state(item_seq, item_seq_len)
         return constrained_beam_search(
             step_fn, init_state, item_seq.shape[0], beam_size or self.beam_size, self.trie,
-            reorder_state=reorder_state,
+            reorder_state=reorder_state, exclude=item_seq if self.exclude_seen else None,
         )
 
     def full_sort_predict(self, interaction):
