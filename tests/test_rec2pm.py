@@ -164,6 +164,24 @@ def test_training_step_is_finite_and_trains_every_part(tiny_data):
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_memory_spread_is_logged_per_epoch_and_zero_for_identical_memories(tiny_data):
+    _, train_data, _, _, net = build(tiny_data)
+    net.train()
+    batch = next(iter(train_data))
+    net.calculate_loss(batch)
+    net.calculate_loss(batch)
+    stats = net.pop_epoch_stats()
+    assert set(stats) == {"memory_spread"} and 0 < stats["memory_spread"] < 1
+    assert "memory spread" in net.describe_epoch_stats(stats)
+    assert net.pop_epoch_stats() == {}  # reset after each epoch
+    net.eval()
+    net.calculate_loss(batch)  # evaluation batches are not counted
+    assert net.pop_epoch_stats() == {}
+    # the same memory for every segment: no information about the user
+    net._record_memory_spread(torch.randn(1, 2, 8).expand(5, -1, -1))
+    assert net.pop_epoch_stats()["memory_spread"] == pytest.approx(0.0, abs=1e-7)
+
+
 # ---- serving ----------------------------------------------------------------------------------
 def assert_same_state(a, b):
     """Same real memory slots per user (append mode may pad users differently), same rest."""

@@ -154,6 +154,7 @@ class Rec2PM(DecoderOnlySID):
         self.memory_proj = nn.Linear(d, d)
         self.segment_embedding = nn.Embedding(self.max_train_segments, d)
         self.initial_memory = nn.Embedding(c, d)
+        self._spread_sum, self._spread_batches = 0.0, 0
         self.init_parameters()
         if self.initial_memory_mode == "zeros":
             nn.init.zeros_(self.initial_memory.weight)
@@ -281,11 +282,36 @@ class Rec2PM(DecoderOnlySID):
             [active.view(batch, k)[:, 1:], active.new_zeros(batch, 1)], dim=1
         ).view(-1)[rows]
         target = reference.reshape(batch * k, c, d)[rows]
+        if self.training:
+            self._record_memory_spread(hidden[:, -c:])
         if self.detach_reference:
             target = target.detach()
         error = (hidden[:, -c:] - target).pow(2).mean(dim=(1, 2))
         con_loss = (error * read_later).sum() / read_later.sum().clamp(min=1)
         return ar_loss, con_loss
+
+    @torch.no_grad()
+    def _record_memory_spread(self, memories):
+        """Adds a training batch's updated memories ``[rows, C, d]`` to the epoch's spread."""
+        if memories.shape[0] > 1:
+            spread = memories.var(0, unbiased=False).mean() / memories.pow(2).mean().clamp(min=1e-12)
+            self._spread_sum += float(spread)
+            self._spread_batches += 1
+
+    def pop_epoch_stats(self):
+        """``memory_spread`` of the training batches since the last call: the variance of the
+        updated memories across the batch's segments (users and segment numbers), over their
+        mean square, averaged over slots, dimensions and batches. Near 0, the memory is about
+        the same for every history (it carries no information about the user)."""
+        stats = {}
+        if self._spread_batches:
+            stats["memory_spread"] = self._spread_sum / self._spread_batches
+        self._spread_sum, self._spread_batches = 0.0, 0
+        return stats
+
+    def describe_epoch_stats(self, stats):
+        spread = stats.get("memory_spread")
+        return "" if spread is None else set_color("memory spread", "blue") + f": {spread:.4f}"
 
     def calculate_loss(self, interaction):
         """``(L_AR, con_weight * L_con)``: RecBole's trainer backpropagates their sum and logs
