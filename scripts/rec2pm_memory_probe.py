@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Does a trained Rec2PM's memory carry information about its user? A probe of a checkpoint.
+
+Each test (or validation) user's history is folded into its state as in evaluation. Then the
+memories of the users with at least one folded segment are permuted among those users (each
+gets another user's memory; its own recent items stay) and the same users are ranked again::
+
+    python scripts/rec2pm_memory_probe.py saved/Rec2PM-Dec-01-2026_18-30-00.pth --threads=2
+
+If accuracy does not drop, the model ignores what its memory says about the user: it is a
+window model over the incomplete segment. The table also gives the memory spread over those
+users (variance of the memories across users / their mean square, as logged during training:
+near 0 = every user gets about the same memory). ``exclude_seen`` is the checkpoint's unless
+``--exclude_seen`` says otherwise. Overwrite mode only (one C x d memory per user).
+"""
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
+from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
+
+
+class ProbeError(ValueError):
+    """The checkpoint is not a Rec2PM one the probe can read."""
+
+
+def collect(model, data):
+    """``(state of every user, their histories [N, n], their target items [N])``."""
+    states, histories, targets = [], [], []
+    for batch in data:
+        interaction = batch[0].to(model.codes.device)
+        seq, seq_len = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
+        states.append(model.init_state(seq, seq_len))
+        histories.append(seq)
+        targets.append(interaction[model.POS_ITEM_ID])
+    state = Rec2PMState(*(torch.cat(field) for field in zip(*states)))
+    return state, torch.cat(histories), torch.cat(targets)
+
+
+def rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size):
+    """Per user: ``(hit@k [N], ndcg@k [N])`` of its single target, by ``model.recommend``."""
+    hits, gains = [], []
+    for start in range(0, len(targets), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(targets)), device=targets.device)
+        exclude = histories[rows] if exclude_seen else None
+        items, _ = model.recommend(state.index_select(rows), k=k, exclude=exclude)
+        match = items == targets[rows].unsqueeze(1)
+        position = match.float().argmax(1)
+        hit = match.any(1)
+        hits.append(hit.float())
+        gains.append(hit.float() / torch.log2(position.float() + 2))
+    return torch.cat(hits), torch.cat(gains)
+
+
+def permute_memories(state, seed=0):
+    """``(state, folded)``: the memories of the users with a folded segment (``folded``, their
+    row numbers) permuted among them by a seeded permutation; the other users unchanged."""
+    folded = (state.n_segments > 0).nonzero().squeeze(1)
+    if len(folded) < 2:
+        raise ProbeError(f"{len(folded)} users have a folded segment: nothing to permute")
+    generator = torch.Generator().manual_seed(seed)
+    order = folded[torch.randperm(len(folded), generator=generator).to(folded.device)]
+    memory = state.memory.clone()
+    memory[folded] = state.memory[order]
+    return state._replace(memory=memory), folded
+
+
+def memory_spread(memory):
+    """Variance of ``[N, C, d]`` memories across users over their mean square."""
+    return float(memory.var(0, unbiased=False).mean() / memory.pow(2).mean().clamp(min=1e-12))
+
+
+def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
+    """Rows ``(users, n, memory spread, recall own, ndcg own, recall permuted, ndcg permuted)``
+    for all users and for those with a folded segment (the permuted ones)."""
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    if not isinstance(model, Rec2PM):
+        raise ProbeError(f"{model_file} holds a {type(model).__name__}, not a Rec2PM")
+    if model.memory_mode != "overwrite":
+        raise ProbeError("the probe permutes one C x d memory per user: memory_mode must be overwrite")
+    if exclude_seen is None:
+        exclude_seen = model.exclude_seen
+    model.eval()
+    batch_size = config["eval_batch_size"]
+    with torch.no_grad():
+        state, histories, targets = collect(model, valid_data if split == "valid" else test_data)
+        own = rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size)
+        shuffled, folded = permute_memories(state, seed)
+        permuted = rank_metrics(model, shuffled, histories, targets, k, exclude_seen, batch_size)
+    spread = memory_spread(state.memory[folded])
+    rows = []
+    for name, index in (("all", torch.arange(len(targets), device=targets.device)),
+                        ("with a folded segment", folded)):
+        values = [float(metric[index].mean()) for metric in (*own, *permuted)]
+        rows.append((name, len(index), spread if name != "all" else math.nan, *values))
+    return rows, exclude_seen
+
+
+def markdown(rows, k, exclude_seen):
+    head = (f"| users | n | memory spread | Recall@{k} own | NDCG@{k} own | Recall@{k} permuted "
+            f"| NDCG@{k} permuted |")
+    lines = [f"exclude_seen={exclude_seen}", "", head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, n, spread, *values in rows:
+        spread_text = "" if math.isnan(spread) else f"{spread:.4f}"
+        lines.append(f"| {name} | {n} | {spread_text} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_file", help="a Rec2PM checkpoint written by a plugin run")
+    parser.add_argument("--split", choices=["test", "valid"], default="test")
+    parser.add_argument("--k", type=int, default=10, help="cut-off of Recall / NDCG")
+    parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
+                        help="override the checkpoint's exclude_seen")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.model_file):
+        parser.error(f"no checkpoint at {args.model_file}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exclude = None if args.exclude_seen is None else args.exclude_seen == "True"
+    try:
+        rows, exclude = probe(args.model_file, args.split, args.k, exclude, args.seed)
+    except ProbeError as error:
+        parser.error(str(error))
+    print(markdown(rows, args.k, exclude))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
