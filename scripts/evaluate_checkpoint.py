@@ -13,6 +13,11 @@ A variant is ``KEY=VALUE[,KEY=VALUE...]`` over the keys in ``INFERENCE_KEYS``; a
 is the checkpoint as saved. ``--split=valid`` evaluates the validation rows instead of the test
 rows. Prints a markdown table (variant, seconds, metrics) and, with ``--output``, writes it
 there too.
+
+``--length_groups=50,200`` adds a table of Recall / NDCG at the checkpoint's ``topk`` per
+history length (the length the model reads, after ``MAX_ITEM_LIST_LENGTH``): here under 50,
+50 to 199 and 200 or more items, each variant on its own rows. The groups' figures, weighted
+by their numbers of users, average to the first table's.
 """
 
 import argparse
@@ -80,9 +85,54 @@ def apply_variant(model, config, settings):
         config[key] = value
 
 
-def evaluate_variants(model_file, variants, split="test"):
-    """``[(variant text, seconds, OrderedDict of metrics)]``, one per variant, in order."""
+def parse_groups(text):
+    """``"50,200"`` -> ``[50, 200]`` (increasing positive history lengths)."""
+    try:
+        bounds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise VariantError(f"--length_groups must be comma-separated integers, got {text!r}") from None
+    if any(b <= 1 for b in bounds) or bounds != sorted(set(bounds)):
+        raise VariantError(f"--length_groups must be increasing lengths above 1, got {text!r}")
+    return bounds
+
+
+def group_names(bounds):
+    edges = [1, *bounds]
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, bounds)]
+    return names + [f">={bounds[-1]}"]
+
+
+def metrics_by_length(model, data, bounds, topk):
+    """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of one target per row,
+    ranked by ``full_sort_predict`` as RecBole's evaluator ranks them."""
+    hits_at, lengths = [], []
+    kmax = max(topk)
+    for batch in data:
+        interaction = batch[0].to(model.device)
+        top = model.full_sort_predict(interaction).view(len(interaction), -1).topk(kmax, dim=1).indices
+        match = top == interaction[model.POS_ITEM_ID].unsqueeze(1)
+        # position of the target in the list, kmax when absent
+        hits_at.append(torch.where(match.any(1), match.float().argmax(1), torch.full_like(top[:, 0], kmax)))
+        lengths.append(interaction[model.ITEM_SEQ_LEN])
+    position, length = torch.cat(hits_at).cpu(), torch.cat(lengths).cpu()
+    group = torch.bucketize(length, torch.tensor(bounds), right=True)
+    rows = []
+    for number, name in enumerate(group_names(bounds)):
+        rank = position[group == number].float()
+        values = {}
+        for k in topk:
+            hit = rank < k
+            values[f"recall@{k}"] = float(hit.float().mean()) if len(rank) else float("nan")
+            values[f"ndcg@{k}"] = float((hit / torch.log2(rank + 2)).mean()) if len(rank) else float("nan")
+        rows.append((name, len(rank), values))
+    return rows
+
+
+def evaluate_variants(model_file, variants, split="test", length_groups=None):
+    """``[(variant text, seconds, OrderedDict of metrics, rows by length or None)]``, one per
+    variant, in order."""
     parsed = [(text, parse_variant(text)) for text in variants]  # fail before loading
+    bounds = parse_groups(length_groups) if length_groups else None
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
     saved = {key: getattr(model, key) for key in INFERENCE_KEYS if hasattr(model, key)}
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -93,7 +143,13 @@ def evaluate_variants(model_file, variants, split="test"):
         start = time.perf_counter()
         with torch.no_grad():
             result = trainer.evaluate(data, load_best_model=False, show_progress=False)
-        rows.append((text or "(as saved)", time.perf_counter() - start, result))
+        seconds = time.perf_counter() - start
+        groups = None
+        if bounds:
+            topk = config["topk"]
+            with torch.no_grad():
+                groups = metrics_by_length(model.eval(), data, bounds, [topk] if isinstance(topk, int) else topk)
+        rows.append((text or "(as saved)", seconds, result, groups))
     return rows
 
 
@@ -103,9 +159,17 @@ def markdown(rows):
         "| variant | eval s | " + " | ".join(metrics) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |",
     ]
-    for text, seconds, result in rows:
+    for text, seconds, result, _ in rows:
         values = " | ".join(f"{result[m]:.4f}" for m in metrics)
         lines.append(f"| {text} | {seconds:.1f} | {values} |")
+    if rows[0][3]:
+        names = list(rows[0][3][0][2])
+        lines += ["", "| variant | history length | users | " + " | ".join(names) + " |",
+                  "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
+        for text, _, _, groups in rows:
+            for name, users, values in groups:
+                cells = " | ".join(f"{values[m]:.4f}" for m in names)
+                lines.append(f"| {text} | {name} | {users} | {cells} |")
     return "\n".join(lines)
 
 
@@ -116,13 +180,16 @@ def main(argv=None):
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", default=None, help="also write the table to this file")
+    parser.add_argument("--length_groups", default=None,
+                        help="history lengths that split users into groups, e.g. 50,200")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.model_file):
         parser.error(f"no checkpoint at {args.model_file}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        rows = evaluate_variants(args.model_file, args.variants.split(";"), args.split)
+        rows = evaluate_variants(args.model_file, args.variants.split(";"), args.split,
+                                 args.length_groups)
     except VariantError as error:
         parser.error(str(error))
     table = markdown(rows)

@@ -1,6 +1,7 @@
 """scripts/evaluate_checkpoint.py: inference-only variants of one saved model."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,35 @@ def test_variants_of_a_rec2pm_checkpoint(script, tiny_data, tmp_path):
 def test_bad_variants_are_refused_before_loading(script, variant, message):
     with pytest.raises(script.VariantError, match=message):
         script.parse_variant(variant)
+
+
+def test_length_groups_split_the_users_and_average_to_recboles_figures(script, tiny_data):
+    # user u keeps its first 6 + u % 8 interactions: test histories of 5 to 12 items
+    inter = Path(tiny_data["data_path"]) / "tiny" / "tiny.inter"
+    header, *lines = inter.read_text().splitlines()
+    kept = [line for line in lines
+            if float(line.split("\t")[2]) % 1000 < 6 + int(line.split("\t")[0][1:]) % 8]
+    inter.write_text("\n".join([header, *kept]) + "\n")
+    config = dict(tiny_data, **SMALL, MAX_ITEM_LIST_LENGTH=20)
+    result = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny", config_dict=config)
+    rows = script.main([result["saved_model_file"], "--length_groups=7,10",
+                        "--variants=;exclude_seen=True"])
+    for text, _, overall, groups in rows:
+        assert [name for name, _, _ in groups] == ["1-6", "7-9", ">=10"]
+        # 2, 3 and 3 of every 8 users
+        assert [n for _, n, _ in groups] == [30, 45, 45]
+        users = [n for _, n, _ in groups]
+        assert sum(users) == 120 and min(users) > 0  # one test row per tiny user
+        for metric in ("recall@10", "ndcg@10", "recall@5", "ndcg@5"):
+            mean = sum(n * values[metric] for _, n, values in groups) / sum(users)
+            assert mean == pytest.approx(overall[metric], abs=1e-4), (text, metric)
+    # the variants change the groups' figures as they change the overall ones
+    assert rows[0][3] != rows[1][3]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("50,x", "comma-separated integers"), ("200,50", "increasing"), ("1,5", "above 1"),
+])
+def test_bad_length_groups_are_refused(script, text, message):
+    with pytest.raises(script.VariantError, match=message):
+        script.parse_groups(text)
