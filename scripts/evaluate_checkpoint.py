@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from recbole_semprune.analysis import per_user_metrics, target_positions  # noqa: E402
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
@@ -102,29 +103,15 @@ def group_names(bounds):
     return names + [f">={bounds[-1]}"]
 
 
-def metrics_by_length(model, data, bounds, topk):
-    """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of one target per row,
-    ranked by ``full_sort_predict`` as RecBole's evaluator ranks them."""
-    hits_at, lengths = [], []
-    kmax = max(topk)
-    for batch in data:
-        interaction = batch[0].to(model.device)
-        top = model.full_sort_predict(interaction).view(len(interaction), -1).topk(kmax, dim=1).indices
-        match = top == interaction[model.POS_ITEM_ID].unsqueeze(1)
-        # position of the target in the list, kmax when absent
-        hits_at.append(torch.where(match.any(1), match.float().argmax(1), torch.full_like(top[:, 0], kmax)))
-        lengths.append(interaction[model.ITEM_SEQ_LEN])
-    position, length = torch.cat(hits_at).cpu(), torch.cat(lengths).cpu()
+def metrics_by_length(position, length, bounds, topk):
+    """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
+    positions ``[N]`` grouped by their history lengths ``[N]``."""
     group = torch.bucketize(length, torch.tensor(bounds), right=True)
     rows = []
     for number, name in enumerate(group_names(bounds)):
-        rank = position[group == number].float()
-        values = {}
-        for k in topk:
-            hit = rank < k
-            values[f"recall@{k}"] = float(hit.float().mean()) if len(rank) else float("nan")
-            values[f"ndcg@{k}"] = float((hit / torch.log2(rank + 2)).mean()) if len(rank) else float("nan")
-        rows.append((name, len(rank), values))
+        values = per_user_metrics(position[group == number], topk)
+        users = int((group == number).sum())
+        rows.append((name, users, {m: float(v.mean()) if users else float("nan") for m, v in values.items()}))
     return rows
 
 
@@ -147,8 +134,10 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         groups = None
         if bounds:
             topk = config["topk"]
+            topk = [topk] if isinstance(topk, int) else topk
             with torch.no_grad():
-                groups = metrics_by_length(model.eval(), data, bounds, [topk] if isinstance(topk, int) else topk)
+                position, length, _ = target_positions(model.eval(), data, max(topk))
+            groups = metrics_by_length(position, length, bounds, topk)
         rows.append((text or "(as saved)", seconds, result, groups))
     return rows
 

@@ -25,6 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from recbole_semprune.analysis import per_user_metrics, positions_of  # noqa: E402
 from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 
@@ -47,18 +48,15 @@ def collect(model, data):
 
 
 def rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size):
-    """Per user: ``(hit@k [N], ndcg@k [N])`` of its single target, by ``model.recommend``."""
-    hits, gains = [], []
+    """Per user: ``(recall@k [N], ndcg@k [N])`` of its single target, by ``model.recommend``."""
+    positions = []
     for start in range(0, len(targets), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(targets)), device=targets.device)
         exclude = histories[rows] if exclude_seen else None
         items, _ = model.recommend(state.index_select(rows), k=k, exclude=exclude)
-        match = items == targets[rows].unsqueeze(1)
-        position = match.float().argmax(1)
-        hit = match.any(1)
-        hits.append(hit.float())
-        gains.append(hit.float() / torch.log2(position.float() + 2))
-    return torch.cat(hits), torch.cat(gains)
+        positions.append(positions_of(items, targets[rows]))
+    metrics = per_user_metrics(torch.cat(positions).cpu(), [k])
+    return metrics[f"recall@{k}"], metrics[f"ndcg@{k}"]
 
 
 def permute_memories(state, seed=0):
@@ -98,8 +96,8 @@ def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
         permuted = rank_metrics(model, shuffled, histories, targets, k, exclude_seen, batch_size)
     spread = memory_spread(state.memory[folded])
     rows = []
-    for name, index in (("all", torch.arange(len(targets), device=targets.device)),
-                        ("with a folded segment", folded)):
+    folded = folded.cpu()
+    for name, index in (("all", torch.arange(len(targets))), ("with a folded segment", folded)):
         values = [float(metric[index].mean()) for metric in (*own, *permuted)]
         rows.append((name, len(index), spread if name != "all" else math.nan, *values))
     return rows, exclude_seen

@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 
-from conftest import REPO, TINY, TINY_PROTOCOL, make_tiny_dataset
+from conftest import TINY, TINY_PROTOCOL, load_script, make_tiny_dataset
 from recbole_semprune import distributed
 from recbole_semprune.config import Config
 from recbole_semprune.distributed import DistributedSettingsError, check_settings, resolve_backend
@@ -85,11 +85,7 @@ def test_run_takes_the_keys_from_arguments_dict_and_files(tmp_path):
 
 
 def test_cli_reports_bad_settings_without_traceback(monkeypatch, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cli", REPO / "run_recbole_semprune.py")
-    run_recbole_semprune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_recbole_semprune)
+    run_recbole_semprune = load_script("run_recbole_semprune.py")
     monkeypatch.setattr(
         "sys.argv", ["run_recbole_semprune.py", "--model=TIGER", "--nproc=2", "--world_size=1"]
     )

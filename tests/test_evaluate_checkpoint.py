@@ -1,28 +1,18 @@
 """scripts/evaluate_checkpoint.py: inference-only variants of one saved model."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import load_script, make_tiny_dataset
 from recbole_semprune.quick_start import run_recbole_semprune
 
 SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len": 3, "mem_tokens": 2}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_checkpoint", REPO / "scripts" / "evaluate_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return load_script()
+    return load_script("scripts/evaluate_checkpoint.py")
 
 
 def test_variants_of_a_rec2pm_checkpoint(script, tiny_data, tmp_path):
@@ -89,3 +79,34 @@ def test_length_groups_split_the_users_and_average_to_recboles_figures(script, t
 def test_bad_length_groups_are_refused(script, text, message):
     with pytest.raises(script.VariantError, match=message):
         script.parse_groups(text)
+
+
+def test_paired_comparison_of_two_checkpoints(tiny_data, workdir):
+    compare = load_script("scripts/compare_checkpoints.py")
+    rec2pm = run_recbole_semprune(model="Rec2PM", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
+    decoder = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
+    name_a, name_b, users, rows = compare.main([rec2pm["saved_model_file"], decoder["saved_model_file"]])
+    assert (name_a, name_b, users) == ("Rec2PM", "DecoderOnlySID", 120)
+    table = {metric: values for metric, *values in rows}
+    assert set(table) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
+    for metric, (a, b, diff, se) in table.items():
+        # A and B are each run's own test result; the difference is theirs, with a real SE
+        assert a == pytest.approx(rec2pm["test_result"][metric], abs=1e-4)
+        assert b == pytest.approx(decoder["test_result"][metric], abs=1e-4)
+        assert diff == pytest.approx(a - b, abs=1e-6)
+        assert se >= 0
+    assert any(se > 0 for _, _, _, _, se in rows)  # the two models differ on some user
+    # a checkpoint against itself: no difference, no spread
+    _, _, _, same = compare.compare(decoder["saved_model_file"], decoder["saved_model_file"])
+    assert all(diff == 0 and se == 0 for _, _, _, diff, se in same)
+
+
+def test_paired_comparison_refuses_different_users(tiny_data, workdir):
+    compare = load_script("scripts/compare_checkpoints.py")
+    first = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
+    other = make_tiny_dataset(workdir / "other", n_users=90)
+    second = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny",
+                                  config_dict=dict(tiny_data, **SMALL, data_path=other,
+                                                   checkpoint_dir=str(workdir / "saved-other")))
+    with pytest.raises(compare.CompareError, match="not the same users"):
+        compare.compare(first["saved_model_file"], second["saved_model_file"])

@@ -1,11 +1,9 @@
 """scripts/rec2pm_memory_probe.py: does a Rec2PM checkpoint's memory matter for its users?"""
 
-import importlib.util
-
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import load_script
 from recbole_semprune.quick_start import run_recbole_semprune
 
 SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len": 3, "mem_tokens": 2}
@@ -13,12 +11,7 @@ SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location(
-        "rec2pm_memory_probe", REPO / "scripts" / "rec2pm_memory_probe.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/rec2pm_memory_probe.py")
 
 
 def test_own_memory_rows_are_recboles_test_result(script, tiny_data):

@@ -1,0 +1,56 @@
+"""Per-user ranking figures of a trained sequential model, for analyses RecBole's evaluator does
+not give: metrics by history length, and paired differences between two models on the same
+users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``).
+
+Every evaluation row of a sequential RecBole dataset has one target item, so a user's Recall@k
+is 1 if the target is in its top k and its NDCG@k is ``1 / log2(position + 2)`` then (position
+0 = first), 0 otherwise: the figures RecBole's evaluator averages.
+"""
+
+import math
+
+import torch
+
+
+def target_positions(model, data, kmax):
+    """Ranks every row of ``data`` (a full-sort eval loader) by ``model.full_sort_predict``, as
+    RecBole's evaluator does. Returns ``(position, history_length, user_id)``, three ``[N]``
+    CPU tensors in the loader's order; ``position`` is the target's place in the top ``kmax``
+    (0 = first), ``kmax`` when it is not there."""
+    positions, lengths, users = [], [], []
+    for batch in data:
+        interaction = batch[0].to(model.device)
+        scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+        top = scores.topk(kmax, dim=1).indices
+        positions.append(positions_of(top, interaction[model.POS_ITEM_ID]))
+        lengths.append(interaction[model.ITEM_SEQ_LEN])
+        users.append(interaction[model.USER_ID])
+    return tuple(torch.cat(t).cpu() for t in (positions, lengths, users))
+
+
+def positions_of(top, target):
+    """Place of each row's ``target`` ``[N]`` in its list ``top`` ``[N, k]``; ``k`` if absent."""
+    match = top == target.unsqueeze(1)
+    absent = torch.full_like(target, top.shape[1])
+    return torch.where(match.any(1), match.float().argmax(1).long(), absent)
+
+
+def per_user_metrics(position, topk):
+    """``{"recall@k": [N], "ndcg@k": [N]}`` float tensors for each ``k`` of ``topk``."""
+    rank = position.float()
+    values = {}
+    for k in topk:
+        hit = (rank < k).float()
+        values[f"recall@{k}"] = hit
+        values[f"ndcg@{k}"] = hit / torch.log2(rank + 2)
+    return values
+
+
+def paired_difference(a, b):
+    """Mean of ``a - b`` over the same users (``[N]`` each) and its standard error."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired figures need the same users: {tuple(a.shape)} vs {tuple(b.shape)}")
+    diff = (a - b).double()
+    n = len(diff)
+    se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    return float(diff.mean()), se
