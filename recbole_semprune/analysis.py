@@ -1,6 +1,7 @@
 """Per-user ranking figures of a trained sequential model, for analyses RecBole's evaluator does
 not give: metrics by history length, and paired differences between two models on the same
-users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``).
+users (``scripts/evaluate_checkpoint.py``, ``scripts/compare_checkpoints.py``,
+``scripts/rec2pm_memory_probe.py``).
 
 Every evaluation row of a sequential RecBole dataset has one target item, so a user's Recall@k
 is 1 if the target is in its top k and its NDCG@k is ``1 / log2(position + 2)`` then (position
@@ -10,6 +11,12 @@ is 1 if the target is in its top k and its NDCG@k is ``1 / log2(position + 2)`` 
 import math
 
 import torch
+
+
+def topk_list(config):
+    """The config's ``topk`` (an int or a list) as a list."""
+    topk = config["topk"]
+    return [topk] if isinstance(topk, int) else list(topk)
 
 
 def target_positions(model, data, kmax):

@@ -22,7 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from recbole_semprune.analysis import paired_difference, per_user_metrics, target_positions  # noqa: E402
+from recbole_semprune.analysis import (  # noqa: E402
+    paired_difference, per_user_metrics, target_positions, topk_list,
+)
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 
 
@@ -37,8 +39,7 @@ def ranked_users(model_file, split, exclude_seen):
         if not hasattr(model, "exclude_seen"):
             raise CompareError(f"{type(model).__name__} has no exclude_seen (SID models only)")
         model.exclude_seen = exclude_seen
-    topk = config["topk"]
-    topk = [topk] if isinstance(topk, int) else list(topk)
+    topk = topk_list(config)
     with torch.no_grad():
         position, _, users = target_positions(model.eval(), valid_data if split == "valid" else test_data, max(topk))
     order = torch.argsort(users)

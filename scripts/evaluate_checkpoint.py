@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from recbole_semprune.analysis import per_user_metrics, target_positions  # noqa: E402
+from recbole_semprune.analysis import per_user_metrics, target_positions, topk_list  # noqa: E402
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
@@ -77,8 +77,7 @@ def apply_variant(model, config, settings):
 
         if settings["memory_mode"] not in MEMORY_MODES:
             raise VariantError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}")
-    topk = config["topk"]
-    topk = [topk] if isinstance(topk, int) else topk
+    topk = topk_list(config)
     if "beam_size" in settings and settings["beam_size"] < max(topk):
         raise VariantError(f"beam_size must be >= the largest topk ({max(topk)})")
     for key, value in settings.items():
@@ -133,8 +132,7 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         seconds = time.perf_counter() - start
         groups = None
         if bounds:
-            topk = config["topk"]
-            topk = [topk] if isinstance(topk, int) else topk
+            topk = topk_list(config)
             with torch.no_grad():
                 position, length, _ = target_positions(model.eval(), data, max(topk))
             groups = metrics_by_length(position, length, bounds, topk)

@@ -6,16 +6,6 @@ import pytest
 import recbole_semprune  # noqa: F401  (applies the compat shims before RecBole is used)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(path):
-    """The module of a script of the repository (``path`` relative to its root)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Small, fast settings for end-to-end runs in tests.
@@ -67,6 +57,16 @@ TINY_PROTOCOL = {
     "topk": [5, 10],
     "valid_metric": "NDCG@10",
 }
+
+
+def load_script(path):
+    """The module of a script of the repository (``path`` relative to its root)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_tiny_dataset(root, name="tiny", n_users=120, n_items=60, length=12, seed=0):
