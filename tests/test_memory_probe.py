@@ -29,9 +29,11 @@ def test_own_memory_rows_are_recboles_test_result(script, tiny_data):
 def test_permutation_moves_memories_only_among_folded_users(script):
     memory = torch.arange(6 * 2 * 3, dtype=torch.float).view(6, 2, 3)
     n_segments = torch.tensor([0, 2, 1, 0, 3, 1])
-    state = script.Rec2PMState(memory, torch.ones(6, 2, dtype=torch.bool),
-                               torch.zeros(6, 2, dtype=torch.long), torch.zeros(6, dtype=torch.long),
-                               n_segments)
+    state = script.Rec2PMState(
+        memory=memory, memory_mask=torch.ones(6, 2, dtype=torch.bool),
+        tail=torch.zeros(6, 1, dtype=torch.long), pending=torch.zeros(6, 2, dtype=torch.long),
+        pending_len=torch.zeros(6, dtype=torch.long), n_segments=n_segments,
+    )
     shuffled, folded = script.permute_memories(state, seed=3)
     assert folded.tolist() == [1, 2, 4, 5]
     assert torch.equal(shuffled.memory[[0, 3]], memory[[0, 3]])

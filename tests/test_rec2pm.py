@@ -72,8 +72,9 @@ def test_reference_memory_depends_only_on_its_own_and_earlier_segments(tiny_data
 # ---- parallel training = the same quantities computed one user and one segment at a time ------
 def looped_loss_terms(net, histories, targets):
     """L_AR and L_con by explicit loops: each reference memory by its own causal pass over the
-    raw tokens of segments 1..h and then the queries; each segment's step on its own."""
-    c, t, seg, d = net.mem_tokens, net.segment_tokens, net.segment_len, net.hidden_size
+    raw tokens of segments 1..h and then the queries; each segment's step on its own, reading
+    the last ``tail_len`` items of the segment before it (none for the first)."""
+    c, t, seg, r = net.mem_tokens, net.segment_tokens, net.segment_len, net.tail_len
     log_prob_sum, n_tokens, con_sum, n_con = 0.0, 0, 0.0, 0
     for history, target in zip(histories, targets):
         items = history + [target]
@@ -92,18 +93,22 @@ def looped_loss_terms(net, histories, targets):
             if tokens[h, 0] == 0:
                 continue
             memory = net.initial_memory.weight.unsqueeze(0) if h == 0 else references[h - 1]
+            tail_items = items[h * seg - r : h * seg] if h and r else []
+            tail_positions = torch.arange(1, len(tail_items) + 1).view(1, -1)
+            tail, _ = net.embed_items(torch.tensor([tail_items], dtype=torch.long), tail_positions)
             x = torch.cat([
-                net.embed_memory(memory), raw[:, h * t : (h + 1) * t],
+                net.embed_memory(memory), tail, raw[:, h * t : (h + 1) * t],
                 net.query_embedding.weight.unsqueeze(0),
             ], dim=1)
             mask = torch.cat([
-                torch.ones(1, c, dtype=torch.bool), raw_mask[:, h * t : (h + 1) * t],
-                torch.ones(1, c, dtype=torch.bool),
+                torch.ones(1, c + tail.shape[1], dtype=torch.bool),
+                raw_mask[:, h * t : (h + 1) * t], torch.ones(1, c, dtype=torch.bool),
             ], dim=1)
             hidden = net.decoder(x, padding_mask=mask, causal=True).hidden[0]
             for i in range(t):
                 if tokens[h, i] != 0:
-                    log_prob_sum += net.token_log_probs(hidden[c - 1 + i], tokens[h, i])
+                    predictor = hidden[c - 1 + tail.shape[1] + i]
+                    log_prob_sum += net.token_log_probs(predictor, tokens[h, i])
                     n_tokens += 1
             if h + 1 < k and tokens[h + 1, 0] != 0:
                 con_sum += (hidden[-c:] - references[h][0]).pow(2).mean()
@@ -111,8 +116,9 @@ def looped_loss_terms(net, histories, targets):
     return -log_prob_sum / n_tokens, con_sum / max(n_con, 1)
 
 
-def test_parallel_training_loss_equals_the_looped_reference(tiny_data):
-    _, _, _, _, net = build(tiny_data, con_weight=0.7)
+@pytest.mark.parametrize("tail_len", [0, 2])
+def test_parallel_training_loss_equals_the_looped_reference(tiny_data, tail_len):
+    _, _, _, _, net = build(tiny_data, con_weight=0.7, tail_len=tail_len)
     lengths = [9, 4, 1, 6, 2, 11]
     histories = random_histories(net, lengths)
     targets = [h[-1] % (net.n_items - 1) + 1 for h in histories]
@@ -192,9 +198,9 @@ def assert_same_state(a, b):
     assert torch.equal(a.n_segments, b.n_segments)
 
 
-@pytest.mark.parametrize("memory_mode", ["overwrite", "append"])
-def test_incremental_updates_equal_the_whole_history_at_once(tiny_data, memory_mode):
-    _, _, _, _, net = build(tiny_data, memory_mode=memory_mode)
+@pytest.mark.parametrize("memory_mode, tail_len", [("overwrite", 0), ("append", 0), ("overwrite", 2)])
+def test_incremental_updates_equal_the_whole_history_at_once(tiny_data, memory_mode, tail_len):
+    _, _, _, _, net = build(tiny_data, memory_mode=memory_mode, tail_len=tail_len)
     lengths = [10, 7, 3, 1, 9]
     histories = random_histories(net, lengths, seed=3)
     whole = net.init_state(histories)
@@ -220,8 +226,9 @@ def test_incremental_updates_equal_the_whole_history_at_once(tiny_data, memory_m
     assert torch.equal(items, again) and torch.allclose(scores, again_scores, atol=1e-5)
 
 
-def test_recommend_equals_recbole_batch_evaluation(tiny_data):
-    _, _, _, test_data, net = build(tiny_data)
+@pytest.mark.parametrize("tail_len", [0, 3])
+def test_recommend_equals_recbole_batch_evaluation(tiny_data, tail_len):
+    _, _, _, test_data, net = build(tiny_data, tail_len=tail_len)
     inter = next(iter(test_data))[0][:12]
     seq, seq_len = inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN]
     with torch.no_grad():
@@ -247,10 +254,11 @@ def test_recommend_equals_recbole_batch_evaluation(tiny_data):
     assert not (items[:, :, None] == seq[:, None, :]).any()
 
 
-def test_predict_matches_cached_generation_scores(tiny_data):
+@pytest.mark.parametrize("tail_len", [0, 2])
+def test_predict_matches_cached_generation_scores(tiny_data, tail_len):
     from conftest import stepwise_log_probs
 
-    _, _, _, test_data, net = build(tiny_data)
+    _, _, _, test_data, net = build(tiny_data, tail_len=tail_len)
     inter = next(iter(test_data))[0][:8]
     seq, seq_len, items = inter[net.ITEM_SEQ], inter[net.ITEM_SEQ_LEN], inter[net.POS_ITEM_ID]
     with torch.no_grad():
@@ -259,18 +267,19 @@ def test_predict_matches_cached_generation_scores(tiny_data):
     assert torch.allclose(predicted, stepwise, atol=1e-4)
 
 
-def test_state_is_c_by_d_floats_per_user_whatever_the_history_length(tiny_data):
-    _, _, _, _, net = build(tiny_data, mem_tokens=3)
-    c, d, seg = net.mem_tokens, net.hidden_size, net.segment_len
+@pytest.mark.parametrize("tail_len", [0, 2])
+def test_state_is_c_by_d_floats_per_user_whatever_the_history_length(tiny_data, tail_len):
+    _, _, _, _, net = build(tiny_data, mem_tokens=3, tail_len=tail_len)
+    c, d, seg, r = net.mem_tokens, net.hidden_size, net.segment_len, net.tail_len
     sizes = set()
     for n in (0, 2, 30, 300):
         state = net.init_state(random_histories(net, [n, n]))
         assert isinstance(state, Rec2PMState)
         assert state.memory.shape == (2, c, d) and state.memory.dtype == torch.float32
-        assert state.pending.shape == (2, seg - 1)
+        assert state.pending.shape == (2, seg - 1) and state.tail.shape == (2, r)
         assert int(state.n_segments[0]) == n // seg and int(state.pending_len[0]) == n % seg
         sizes.add(state.bytes_per_user())
-    assert sizes == {c * d * 4 + c + (seg - 1) * 8 + 2 * 8}
+    assert sizes == {c * d * 4 + c + (r + seg - 1) * 8 + 2 * 8}
 
 
 def test_memory_runs_over_histories_longer_than_any_seen_in_training(tiny_data):
@@ -307,6 +316,10 @@ def test_append_memory_grows_by_c_per_segment(tiny_data):
         ({"memory_mode": "ring"}, "memory_mode"),
         ({"con_weight": -1}, "con_weight"),
         ({"initial_memory": "random"}, "initial_memory"),
+        ({"tail_len": 4}, "tail_len"),
+        ({"tail_len": -1}, "tail_len"),
+        ({"tail_len": 1.5}, "tail_len"),
+        ({"segment_len": 8, "tail_len": 3}, "tail_len \\+ segment_len = 11 exceeds"),
     ],
 )
 def test_bad_config_is_a_clear_error(tiny_data, overrides, message):

@@ -166,7 +166,8 @@ def measure_stateful(model, n, k, device):
 
         times.append(_timed(device, request))
     c, d = model.mem_tokens, model.hidden_size
-    kind = f"memory {c}x{d} + pending ids (measured)"
+    tail = int(getattr(model, "tail_len", 0))
+    kind = f"memory {c}x{d} + {f'{tail} tail + ' if tail else ''}pending ids (measured)"
     return times, state_bytes, kind
 
 
@@ -301,7 +302,7 @@ def markdown(meta, rows):
         "among them; `latency_max_ms` is the slowest); full-history models: mean of "
         f"{meta['repeats']} `full_sort_predict` calls over the whole `n`-item history (after one "
         "warm-up)",
-        "- state: Rec2PM's state as stored (memory + pending item ids + counters); a "
+        "- state: Rec2PM's state as stored (memory + tail and pending item ids + counters); a "
         "full-history SID model's KV cache of the history (all layers, keys and values)",
         "",
         "| " + " | ".join(COLUMNS) + " |",

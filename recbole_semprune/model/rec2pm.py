@@ -66,22 +66,25 @@ class Rec2PMState(NamedTuple):
 
     ``memory`` ``[B, S, d]`` float: the memory vectors, ``S = C`` in overwrite mode (C x d per
     user); in append mode ``S`` grows by C per segment. ``memory_mask`` ``[B, S]`` bool: which
-    memory slots are real (append mode pads users with fewer segments). ``pending`` ``[B,
-    segment_len - 1]`` long: item ids of the segment not yet complete, right-padded with 0;
-    ``pending_len`` ``[B]`` long: how many; ``n_segments`` ``[B]`` long: segments folded so far.
+    memory slots are real (append mode pads users with fewer segments). ``tail`` ``[B,
+    tail_len]`` long: the last items of the last folded segment (all 0 before the first fold).
+    ``pending`` ``[B, segment_len - 1]`` long: item ids of the segment not yet complete,
+    right-padded with 0; ``pending_len`` ``[B]`` long: how many; ``n_segments`` ``[B]`` long:
+    segments folded so far.
     """
 
     memory: torch.Tensor
     memory_mask: torch.Tensor
+    tail: torch.Tensor
     pending: torch.Tensor
     pending_len: torch.Tensor
     n_segments: torch.Tensor
 
     def bytes_per_user(self):
-        """Bytes of one user's state as stored: memory, its mask, pending ids and counters."""
-        tensors = (self.memory, self.memory_mask, self.pending, self.pending_len, self.n_segments)
+        """Bytes of one user's state as stored: memory, its mask, tail and pending ids, and
+        the counters."""
         users = max(self.memory.shape[0], 1)
-        return sum(t.numel() * t.element_size() for t in tensors) // users
+        return sum(t.numel() * t.element_size() for t in self) // users
 
     def index_select(self, index):
         """The states of the users ``index`` (LongTensor)."""
@@ -96,10 +99,17 @@ class Rec2PM(DecoderOnlySID):
     query tokens; the last memory slot predicts the segment's first token, every segment token
     predicts the next one, and the outputs at Q (after the final LayerNorm) are the new memory.
     A memory enters the next step as ``Linear(memory) + slot embedding``. Items carry their
-    position inside their segment (1..``segment_len``), so a step never depends on how long
-    the history before it was and the memory runs over histories of any length. The next item
-    is generated from ``[M; the incomplete segment's tokens]``, its tokens at the position the
-    item takes in that segment.
+    position inside their step (below), so a step never depends on how long the history
+    before it was and the memory runs over histories of any length. The next item is generated
+    from ``[M; the incomplete segment's tokens]``, its tokens at the position the item takes in
+    that segment.
+
+    With ``tail_len: r > 0`` (an extension, not in the paper) a step also re-reads the last
+    ``r`` items of the previous segment, as plain context: ``[M; tail; S; Q]``, and the next
+    item is generated from ``[M; tail; incomplete segment]``. The first items of a segment are
+    then predicted from recent items and not from the memory alone. Tail items take positions
+    ``1..r`` and segment items ``r + 1..r + segment_len`` (the first segment's tail is
+    padding); the loss stays on the segment's tokens, and the state keeps ``r`` more item ids.
 
     Differences from the paper (arXiv 2602.11605; details from a secondary summary):
 
@@ -128,6 +138,19 @@ class Rec2PM(DecoderOnlySID):
                 f"segment_len={self.segment_len} exceeds MAX_ITEM_LIST_LENGTH="
                 f"{self.max_seq_length}: no history could fill a segment. Use a smaller "
                 "segment_len or a larger MAX_ITEM_LIST_LENGTH."
+            )
+        self.tail_len = config["tail_len"] or 0
+        if isinstance(self.tail_len, bool) or not isinstance(self.tail_len, int) or not (
+            0 <= self.tail_len <= self.segment_len
+        ):
+            raise ValueError(
+                f"tail_len (items of the previous segment a step re-reads) must be an integer "
+                f"in [0, segment_len={self.segment_len}], got {config['tail_len']!r}"
+            )
+        if self.tail_len + self.segment_len > self.max_seq_length:
+            raise ValueError(
+                f"tail_len + segment_len = {self.tail_len + self.segment_len} exceeds "
+                f"MAX_ITEM_LIST_LENGTH={self.max_seq_length} (the positions of one step)"
             )
         self.con_weight = float(1.0 if config["con_weight"] is None else config["con_weight"])
         if not self.con_weight >= 0:
@@ -162,9 +185,10 @@ class Rec2PM(DecoderOnlySID):
         self.logger.info(
             set_color("Rec2PM", "blue")
             + f": segments of {self.segment_len} items ({self.segment_tokens} tokens), "
-            + f"{c} memory tokens ({self.memory_mode}), con_weight={self.con_weight}, "
+            + f"{c} memory tokens ({self.memory_mode}), tail of {self.tail_len} items, "
+            + f"con_weight={self.con_weight}, "
             + f"detach_reference={self.detach_reference}, state per user: memory {c} x {d} "
-            + f"floats + up to {self.segment_len - 1} pending item ids"
+            + f"floats + {self.tail_len} tail and up to {self.segment_len - 1} pending item ids"
         )
 
     @classmethod
@@ -181,10 +205,33 @@ class Rec2PM(DecoderOnlySID):
     # ---- embeddings ---------------------------------------------------------------------
     def embed_segments(self, items):
         """Items ``[B, n]`` laid out from a segment start -> (embeddings ``[B, n*L, d]``,
-        padding mask ``[B, n*L]``); an item's position is its place in its segment (1..)."""
+        padding mask ``[B, n*L]``); an item's position is ``tail_len`` + its place in its
+        segment (1..)."""
         n = items.shape[1]
-        positions = 1 + torch.arange(n, device=items.device) % self.segment_len
+        positions = 1 + self.tail_len + torch.arange(n, device=items.device) % self.segment_len
         return self.embed_items(items, positions * (items != 0))
+
+    def embed_tail(self, tail):
+        """Tail items ``[B, tail_len]`` (all 0 = no tail) -> embeddings at positions
+        ``1..tail_len`` and their padding mask."""
+        positions = 1 + torch.arange(tail.shape[1], device=tail.device)
+        return self.embed_items(tail, positions * (tail != 0))
+
+    def with_tail(self, tail, segment, segment_mask):
+        """``[tail; segment]`` embeddings and mask, from the tail's item ids ``[N, tail_len]``
+        and the segment's embeddings ``[N, T, d]`` and mask (unchanged if ``tail_len = 0``)."""
+        if not self.tail_len:
+            return segment, segment_mask
+        tail, tail_mask = self.embed_tail(tail)
+        return torch.cat([tail, segment], dim=1), torch.cat([tail_mask, segment_mask], dim=1)
+
+    def previous_tails(self, stream, k):
+        """The tail each segment of ``stream`` ``[B, k*segment_len]`` reads: the last
+        ``tail_len`` items of the segment before it (0s for the first) -> ``[B*k, tail_len]``."""
+        seg, r = self.segment_len, self.tail_len
+        segments = stream.view(stream.shape[0], k, seg)
+        first = segments.new_zeros(stream.shape[0], 1, r)
+        return torch.cat([first, segments[:, :-1, seg - r :]], dim=1).reshape(stream.shape[0] * k, r)
 
     def embed_memory(self, memory):
         """Memory vectors ``[B, S, d]`` -> step inputs (projection + slot embedding)."""
@@ -210,7 +257,8 @@ class Rec2PM(DecoderOnlySID):
         """One recurrent step / local-pass row: ``[M; S; Q]`` under causal attention.
 
         ``memory`` ``[N, S_m, d]`` (memory vectors), ``segment`` ``[N, T, d]`` (embedded
-        tokens) with their masks; returns the hidden states ``[N, S_m + T + C, d]``.
+        tokens, the tail's first if any: :meth:`with_tail`) with their masks; returns the
+        hidden states ``[N, S_m + T + C, d]``.
         """
         n = memory.shape[0]
         queries = self.query_embedding.weight.unsqueeze(0).expand(n, -1, -1)
@@ -265,16 +313,23 @@ class Rec2PM(DecoderOnlySID):
         # only segments that hold a token are run (a right-padded segment starts with a token)
         active = tokens[:, 0] != 0
         rows = active.nonzero().squeeze(1)
+        tails = self.previous_tails(stream, k)[rows]
         hidden = self.step_hidden(
             previous.reshape(batch * k, c, d)[rows],
             torch.ones(len(rows), c, dtype=torch.bool, device=stream.device),
-            raw.view(batch * k, t, d)[rows],
-            raw_mask.view(batch * k, t)[rows],
+            *self.with_tail(tails, raw.view(batch * k, t, d)[rows], raw_mask.view(batch * k, t)[rows]),
         )
-        # the last memory slot predicts the first token, each token the next one
+        # each segment token predicts the next one; the first is predicted by the last tail
+        # token, or by the last memory slot where there is no tail
+        start = c + self.tail_len * self.n_levels  # first segment token of a row
+        predictors = hidden[:, start - 1 : start - 1 + t]
+        if self.tail_len:
+            no_tail = (tails[:, -1] == 0).view(-1, 1)
+            first = torch.where(no_tail, hidden[:, c - 1], predictors[:, 0])
+            predictors = torch.cat([first.unsqueeze(1), predictors[:, 1:]], dim=1)
         next_tokens = tokens[rows]
         valid = next_tokens != 0
-        log_probs = self.token_log_probs(hidden[:, c - 1 : c - 1 + t], next_tokens)
+        log_probs = self.token_log_probs(predictors, next_tokens)
         ar_loss = -(log_probs * valid).sum() / valid.sum()
 
         # consistency, on the memories that a later segment reads (segment h+1 not empty)
@@ -355,6 +410,7 @@ class Rec2PM(DecoderOnlySID):
         state = Rec2PMState(
             memory=self.initial_state_memory(batch).detach().clone(),
             memory_mask=torch.ones(batch, c, dtype=torch.bool, device=device),
+            tail=torch.zeros(batch, self.tail_len, dtype=torch.long, device=device),
             pending=torch.zeros(batch, self.segment_len - 1, dtype=torch.long, device=device),
             pending_len=torch.zeros(batch, dtype=torch.long, device=device),
             n_segments=torch.zeros(batch, dtype=torch.long, device=device),
@@ -378,11 +434,14 @@ class Rec2PM(DecoderOnlySID):
         buffer = buffer.gather(1, torch.sort((~real).long(), dim=1, stable=True).indices)
         total = real.sum(1)
         n_fold = total // seg
-        memory, memory_mask, n_segments = state.memory, state.memory_mask, state.n_segments
+        memory, memory_mask, tail = state.memory, state.memory_mask, state.tail
+        n_segments = state.n_segments
         for j in range(int(n_fold.max()) if len(n_fold) else 0):
             rows = (n_fold > j).nonzero().squeeze(1)
-            segment, segment_mask = self.embed_segments(buffer[rows, j * seg : (j + 1) * seg])
-            new = self.step_hidden(memory[rows], memory_mask[rows], segment, segment_mask)[:, -c:]
+            items = buffer[rows, j * seg : (j + 1) * seg]
+            segment = self.with_tail(tail[rows], *self.embed_segments(items))
+            new = self.step_hidden(memory[rows], memory_mask[rows], *segment)[:, -c:]
+            tail = tail.index_copy(0, rows, items[:, seg - self.tail_len :])
             if self.memory_mode == "overwrite":
                 memory = memory.index_copy(0, rows, new)
             else:
@@ -399,21 +458,18 @@ class Rec2PM(DecoderOnlySID):
         index = n_fold.unsqueeze(1) * seg + torch.arange(seg - 1, device=device)
         pending = buffer.gather(1, index.clamp(max=buffer.shape[1] - 1))
         pending = pending.masked_fill(torch.arange(seg - 1, device=device) >= rest.unsqueeze(1), 0)
-        return Rec2PMState(memory, memory_mask, pending, rest, n_segments)
+        return Rec2PMState(memory, memory_mask, tail, pending, rest, n_segments)
 
     def context(self, state):
-        """Generation context of each user: embeddings ``[B, S, d]`` of ``[memory; pending
-        tokens]``, its mask, the index of its last real position and the segment position of
+        """Generation context of each user: embeddings ``[B, S, d]`` of ``[memory; tail;
+        pending tokens]``, its mask, the index of its last real position and the position of
         the item to generate."""
         width = int(state.pending_len.max()) if len(state.pending_len) else 0
-        memory = self.embed_memory(state.memory)
-        x, mask = memory, state.memory_mask
-        if width:
-            pending, pending_mask = self.embed_segments(state.pending[:, :width])
-            x = torch.cat([memory, pending], dim=1)
-            mask = torch.cat([mask, pending_mask], dim=1)
+        pending = self.with_tail(state.tail, *self.embed_segments(state.pending[:, :width]))
+        x = torch.cat([self.embed_memory(state.memory), pending[0]], dim=1)
+        mask = torch.cat([state.memory_mask, pending[1]], dim=1)
         last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
-        return x, mask, last, 1 + state.pending_len
+        return x, mask, last, 1 + self.tail_len + state.pending_len
 
     def state_generation(self, state):
         """``(init_state, step_fn, reorder_state)`` of beam search from users' states."""
