@@ -10,6 +10,11 @@ evaluator's), the mean per-user difference A - B, its standard error and their r
 Pairing removes what the users have in common (hard users are hard for both), so the standard
 error of the difference is smaller than either model's own. ``--exclude_seen=True`` or
 ``False`` sets that decoding key on both SID models (default: each as saved).
+
+Several pairs of runs (seeds, say) pool into one figure: ``A1 B1 A2 B2 ...``. Each pair gets
+its table, then the pooled one: A's and B's figures averaged over the runs, and each user's
+difference averaged over the pairs, whose mean and standard error over the users are the
+pooled A - B (so a user's results in different seeds are not counted as independent users).
 """
 
 import argparse
@@ -48,22 +53,44 @@ def ranked_users(model_file, split, exclude_seen):
 
 def compare(file_a, file_b, split="test", exclude_seen=None):
     """``(name A, name B, users, rows)``, rows ``(metric, A, B, A - B, standard error)``."""
-    name_a, topk_a, position_a, users_a = ranked_users(file_a, split, exclude_seen)
-    name_b, topk_b, position_b, users_b = ranked_users(file_b, split, exclude_seen)
-    if not torch.equal(users_a, users_b):
-        raise CompareError(
-            f"the checkpoints' {split} rows are not the same users ({len(users_a)} vs {len(users_b)} "
-            "rows): same dataset and eval_args needed"
-        )
-    topk = [k for k in topk_a if k in topk_b]
+    return compare_runs([(file_a, file_b)], split, exclude_seen)[-1]
+
+
+def compare_runs(pairs, split="test", exclude_seen=None):
+    """One result of :func:`compare` per ``(file A, file B)`` pair, then, for several pairs,
+    the pooled result: figures averaged over the runs, per-user differences over the pairs."""
+    runs = [[ranked_users(f, split, exclude_seen) for f in pair] for pair in pairs]
+    users = runs[0][0][3]
+    for (file_a, file_b), run in zip(pairs, runs):
+        for path, (_, _, _, run_users) in zip((file_a, file_b), run):
+            if not torch.equal(run_users, users):
+                raise CompareError(
+                    f"the {split} rows of {path} are not the same users as those of {pairs[0][0]} "
+                    f"({len(run_users)} vs {len(users)} rows): same dataset and eval_args needed"
+                )
+    topks = [run[side][1] for run in runs for side in (0, 1)]
+    topk = [k for k in topks[0] if all(k in other for other in topks)]
     if not topk:
-        raise CompareError(f"no common topk: {topk_a} vs {topk_b}")
-    metrics_a, metrics_b = per_user_metrics(position_a, topk), per_user_metrics(position_b, topk)
+        raise CompareError(f"no common topk: {' vs '.join(map(str, topks))}")
+    metrics = [[per_user_metrics(run[side][2], topk) for side in (0, 1)] for run in runs]
+    results = [_result(runs[i:i + 1], metrics[i:i + 1], users) for i in range(len(runs))]
+    if len(runs) > 1:
+        results.append(_result(runs, metrics, users))
+    return results
+
+
+def _result(runs, metrics, users):
+    """``(name A, name B, users, rows)`` of runs pooled as in the module doc."""
+    names = ["/".join(dict.fromkeys(run[side][0] for run in runs)) for side in (0, 1)]
+    if len(runs) > 1:
+        names = [f"{name} ({len(runs)} runs)" for name in names]
     rows = []
-    for metric in metrics_a:
-        diff, se = paired_difference(metrics_a[metric], metrics_b[metric])
-        rows.append((metric, float(metrics_a[metric].mean()), float(metrics_b[metric].mean()), diff, se))
-    return name_a, name_b, len(users_a), rows
+    for metric in metrics[0][0]:
+        a = torch.stack([m[0][metric] for m in metrics]).mean(0)
+        b = torch.stack([m[1][metric] for m in metrics]).mean(0)
+        diff, se = paired_difference(a, b)
+        rows.append((metric, float(a.mean()), float(b.mean()), diff, se))
+    return names[0], names[1], len(users), rows
 
 
 def markdown(name_a, name_b, users, rows):
@@ -81,25 +108,32 @@ def markdown(name_a, name_b, users, rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model_a", help="checkpoint A (saved/...pth)")
-    parser.add_argument("model_b", help="checkpoint B, trained on the same dataset and protocol")
+    parser.add_argument("checkpoints", nargs="+", metavar="A B [A2 B2 ...]",
+                        help="checkpoint A, then B trained on the same dataset and protocol; "
+                             "more pairs (e.g. other seeds) are pooled")
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
                         help="set exclude_seen on both models (default: as saved)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    for path in (args.model_a, args.model_b):
+    if len(args.checkpoints) % 2:
+        parser.error(f"checkpoints come in pairs A B, got {len(args.checkpoints)}")
+    for path in args.checkpoints:
         if not os.path.isfile(path):
             parser.error(f"no checkpoint at {path}")
     if args.threads:
         torch.set_num_threads(args.threads)
     exclude = None if args.exclude_seen is None else args.exclude_seen == "True"
+    pairs = list(zip(args.checkpoints[::2], args.checkpoints[1::2]))
     try:
-        result = compare(args.model_a, args.model_b, args.split, exclude)
+        results = compare_runs(pairs, args.split, exclude)
     except CompareError as error:
         parser.error(str(error))
-    print(markdown(*result))
-    return result
+    for i, result in enumerate(results):
+        if len(results) > 1:
+            print(f"\n## pair {i + 1}: {' vs '.join(pairs[i])}\n" if i < len(pairs) else "\n## pooled\n")
+        print(markdown(*result))
+    return results[-1]
 
 
 if __name__ == "__main__":

@@ -99,6 +99,18 @@ def test_paired_comparison_of_two_checkpoints(tiny_data, workdir):
     # a checkpoint against itself: no difference, no spread
     _, _, _, same = compare.compare(decoder["saved_model_file"], decoder["saved_model_file"])
     assert all(diff == 0 and se == 0 for _, _, _, diff, se in same)
+    # two pairs pool per user: (Rec2PM - DO + 0) / 2 for each user, so half the difference and
+    # half its standard error; A and B are averaged over the runs
+    name_a, name_b, users, pooled = compare.main([
+        rec2pm["saved_model_file"], decoder["saved_model_file"],
+        decoder["saved_model_file"], decoder["saved_model_file"], "--exclude_seen=False",
+    ])
+    assert (name_a, name_b, users) == ("Rec2PM/DecoderOnlySID (2 runs)", "DecoderOnlySID (2 runs)", 120)
+    for (metric, a, b, diff, se), (_, a1, b1, diff1, se1) in zip(pooled, rows):
+        assert a == pytest.approx((a1 + b1) / 2, abs=1e-6) and b == pytest.approx(b1, abs=1e-6)
+        assert diff == pytest.approx(diff1 / 2, abs=1e-6) and se == pytest.approx(se1 / 2, abs=1e-6)
+    with pytest.raises(SystemExit):
+        compare.main([rec2pm["saved_model_file"], decoder["saved_model_file"], decoder["saved_model_file"]])
 
 
 def test_paired_comparison_refuses_different_users(tiny_data, workdir):
