@@ -19,7 +19,19 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_semprune.compat import load_checkpoint
 from recbole_semprune.config import Config
+from recbole_semprune.data.batching import use_length_buckets
 from recbole_semprune.utils import create_dataset, get_model, get_trainer
+
+
+def prepare_data(config, dataset):
+    """RecBole's ``data_preparation``; for a model that trims its batches to the longest row
+    (``padding_free_batches``, the SID models) with ``padding_free`` on, every loader then
+    draws length-bucketed batches (:mod:`recbole_semprune.data.batching`)."""
+    loaders = data_preparation(config, dataset)
+    if config["padding_free"] and getattr(get_model(config["model"]), "padding_free_batches", False):
+        for loader, shuffle in zip(loaders, (config["shuffle"], False, False)):
+            use_length_buckets(loader, config, shuffle)
+    return loaders
 
 
 def _build(config, logger=None):
@@ -27,7 +39,7 @@ def _build(config, logger=None):
     dataset = create_dataset(config)
     if logger:
         logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
     # one seed per process (RecBole adds local_rank, which repeats on every machine)
     rank = 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
     init_seed(config["seed"] + rank, config["reproducibility"])
@@ -239,7 +251,7 @@ def load_data_and_model(model_file, device=None):
     logger.info(config)
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model_class = get_model(config["model"])
     # SID models take their codes from the checkpoint instead of rebuilding them

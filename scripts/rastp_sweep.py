@@ -63,7 +63,7 @@ def build_parser():
     parser.add_argument("--keep_ratios", type=_list(float), default=[0.25, 0.3333, 0.5])
     parser.add_argument("--scorers", type=_list(str),
                         default=["rastp", "attention", "saliency_l1", "random"])
-    parser.add_argument("--keep_ratio_modes", type=_list(str), default=["batch"])
+    parser.add_argument("--keep_ratio_modes", type=_list(str), default=["fixed"])
     parser.add_argument(
         "--design", choices=["grid", "star"], default="grid",
         help="grid: every combination; star: one factor at a time around the centre (the "

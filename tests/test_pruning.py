@@ -5,6 +5,8 @@ import logging
 import re
 
 import pytest
+from fractions import Fraction
+
 import torch
 
 from conftest import BACKBONES, PRUNING_SMALL as SMALL, build_pruning_net as build, stepwise_log_probs
@@ -16,6 +18,7 @@ from recbole_semprune.model.pruning import (
     attention_received,
     gather_positions,
     keep_counts,
+    parse_keep_ratio,
     register_scorer,
     select_tokens,
 )
@@ -59,16 +62,35 @@ def test_kept_tokens_are_the_top_scores_in_original_order():
     assert gather_positions(hidden, index)[1, 2, 0].item() == 6.0
 
 
-def test_batch_mode_counts_follow_the_longest_history():
+def test_keep_count_modes():
     mask = torch.tensor([[1] * 9 + [0] * 3, [1] * 4 + [0] * 8, [1] * 2 + [0] * 10], dtype=torch.bool)
-    assert keep_counts(mask, 1 / 3, "batch").tolist() == [3, 3, 3]
-    assert keep_counts(mask, 1 / 3, "per_history").tolist() == [3, 1, 1]  # at least one
-    index, kept = select_tokens(torch.rand(3, 12), mask, keep_counts(mask, 1 / 3, "batch"))
+    # batch: the batch's longest history (9 tokens) sets the count, capped by a row's own tokens
+    assert keep_counts(mask, "1/3", "batch").tolist() == [3, 3, 2]
+    assert keep_counts(mask, "1/3", "per_history").tolist() == [3, 1, 1]  # at least one
+    # fixed (the public code's): floor(max_tokens * rho) whatever the batch holds
+    assert keep_counts(mask, "1/3", "fixed", max_tokens=12).tolist() == [4, 4, 2]
+    assert keep_counts(mask[1:], "1/3", "fixed", max_tokens=12).tolist() == [4, 2]
+    assert keep_counts(mask[:1], "1/3", "batch").tolist() == [3]
+    assert keep_counts(mask[1:], "1/3", "batch").tolist() == [1, 1]  # batch-dependent
+    index, kept = select_tokens(torch.rand(3, 12), mask, keep_counts(mask, "1/3", "batch"))
     # the 2-token history keeps both real tokens; the third slot is a masked filler
     assert kept.sum(1).tolist() == [3, 3, 2]
     assert sorted(index[2][kept[2]].tolist()) == [0, 1]
     with pytest.raises(ValueError, match="keep_ratio_mode"):
         keep_counts(mask, 0.5, "per_batch")
+    with pytest.raises(ValueError, match="max_tokens"):
+        keep_counts(mask, 0.5, "fixed")
+
+
+def test_keep_ratio_one_third_is_exact():
+    mask = torch.ones(1, 30, dtype=torch.bool)
+    assert keep_counts(mask, "1/3", "per_history").tolist() == [10]
+    assert keep_counts(mask, 1 / 3, "per_history").tolist() == [10]  # 1/3 from the command line
+    assert keep_counts(mask, 0.3333, "per_history").tolist() == [9]  # what 0.3333 means
+    assert parse_keep_ratio("2/5") == Fraction(2, 5)
+    for bad in (0, "0", 1.5, "x", "1/0", True, None):
+        with pytest.raises(ValueError, match="keep_ratio"):
+            parse_keep_ratio(bad)
 
 
 def test_padding_is_never_kept_while_a_real_token_is_dropped():
@@ -105,7 +127,7 @@ def test_protected_tokens_are_always_kept():
     assert counts.tolist() == [2]
     assert select_tokens(scores, mask, counts, protect).index.tolist() == [[4, 5]]
     # protection counts items back from the target: 2 most recent items x 2 levels
-    pruner = TokenPruner(4, protect_last=2)
+    pruner = TokenPruner(4, protect_last=2, max_tokens=8)
     positions = torch.tensor([[3, 2, 1, 0]])  # right-padded history of 3 items
     assert pruner.protected_tokens(positions, 2).tolist() == [[0, 0, 1, 1, 1, 1, 0, 0]]
 
@@ -379,7 +401,9 @@ def test_bad_settings_fail_clearly(tiny_data):
     for overrides, message in [
         ({"prune_layer": 0}, r"prune_layer=0 must be an int in \[1, 3\]"),
         ({"prune_layer": 4}, r"prune_layer=4"),
-        ({"keep_ratio": 0}, r"keep_ratio=0 must be in \(0, 1\]"),
+        ({"keep_ratio": 0}, r"keep_ratio=0 must be a number or a fraction .a/b. in \(0, 1\]"),
+        ({"prune_score_queries": "all"}, r"set padding_free=False"),
+        ({"prune_score_queries": "pad"}, r"prune_score_queries=.pad."),
         ({"keep_ratio": 1.5}, r"keep_ratio=1.5"),
         ({"prune_scorer": "l1"}, r"unknown prune_scorer 'l1'.*rastp"),
         ({"keep_ratio_mode": "global"}, r"keep_ratio_mode='global'"),

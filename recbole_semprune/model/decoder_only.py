@@ -105,9 +105,7 @@ class DecoderOnlySID(SIDRecommender):
         """``(loss, stream)``: the training loss (target codes, or every next token with
         ``dense_loss``) and the :class:`Stream` it came from."""
         target_tokens = self.item_tokens(interaction[self.POS_ITEM_ID])
-        stream = self.stream_hidden(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], target_tokens
-        )
+        stream = self.stream_hidden(*self.history(interaction), target_tokens)
         if not self.dense_loss:
             hidden = stream.hidden[:, -self.n_levels :]
             return -self.token_log_probs(hidden, target_tokens).mean(), stream

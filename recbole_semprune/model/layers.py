@@ -97,6 +97,10 @@ def reorder_cache(cache, index: torch.Tensor):
 
 
 SHARED_PREFIXES = ("cross_", "shared_")
+# attention dropout: `probs` zeroes attention probabilities after the softmax (the papers' T5
+# setting; CPU's fused kernel cannot, so it runs the explicit path), `keys` masks random keys
+# before it (DropKey, Li et al. CVPR 2023), which stays on the fused kernel
+ATTN_DROPOUT_MODES = ("probs", "keys")
 
 
 def reorder_beams(cache, index: torch.Tensor):
@@ -214,8 +218,13 @@ class MultiHeadAttention(nn.Module):
         attn_dropout_prob: float = 0.0,
         hidden_dropout_prob: float = 0.0,
         bias: bool = True,
+        attn_dropout_mode: str = "probs",
     ):
         super().__init__()
+        if attn_dropout_mode not in ATTN_DROPOUT_MODES:
+            raise ValueError(
+                f"attn_dropout_mode={attn_dropout_mode!r} must be one of {', '.join(ATTN_DROPOUT_MODES)}"
+            )
         if head_size is None:
             if hidden_size % n_heads != 0:
                 raise ValueError(f"hidden_size {hidden_size} is not a multiple of n_heads {n_heads}")
@@ -225,6 +234,7 @@ class MultiHeadAttention(nn.Module):
         self.head_size = head_size
         self.inner_size = n_heads * head_size
         self.attn_dropout_prob = attn_dropout_prob
+        self.attn_dropout_mode = attn_dropout_mode
         self.q_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
         self.k_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
         self.v_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
@@ -251,6 +261,7 @@ class MultiHeadAttention(nn.Module):
         past_kv=None,
         kv=None,
         shared_kv=None,
+        weights_after_dropout: bool = False,
     ):
         """Attend from ``query`` [B, Tq, hidden] to keys/values.
 
@@ -264,6 +275,8 @@ class MultiHeadAttention(nn.Module):
 
         Returns ``(output [B, Tq, hidden], probs [B, H, Tq, Tk] or None, (k, v))`` where ``(k, v)``
         are all keys/values attended to, shared ones excepted (the new self-attention cache).
+        ``probs`` are taken before attention dropout, or after it with ``weights_after_dropout``
+        (what the output was computed with; the same at evaluation).
         """
         q = self._heads(self.q_proj(query))
         if kv is not None:
@@ -289,11 +302,19 @@ class MultiHeadAttention(nn.Module):
             q = fold_groups(q, k.shape[0])
         q_len, k_len = q.shape[2], k.shape[2]
         dropout_p = self.attn_dropout_prob if self.training else 0.0
+        drop_keys = dropout_p > 0 and self.attn_dropout_mode == "keys" and not need_weights
 
-        fast_causal = causal and attn_mask is None and key_padding_mask is None and q_len == k_len
+        fast_causal = causal and attn_mask is None and key_padding_mask is None \
+            and q_len == k_len and not drop_keys
         mask = None if fast_causal else build_attention_mask(
             q_len, k_len, key_padding_mask, causal, attn_mask, device=q.device
         )
+        if drop_keys:
+            # DropKey: each query loses each key with probability p before the softmax, which
+            # renormalises over the keys left; the fused kernel takes it as part of the mask
+            keep = torch.rand(q.shape[0], q.shape[1], q_len, k_len, device=q.device) >= dropout_p
+            mask = keep if mask is None else mask & keep
+            dropout_p = 0.0
         mask, row_ok = open_empty_rows(mask)
 
         probs = None
@@ -302,7 +323,10 @@ class MultiHeadAttention(nn.Module):
             if fast_causal:
                 mask = build_attention_mask(q_len, k_len, causal=True, device=q.device)
             probs = masked_probs(scores, mask, row_ok, q.dtype)
-            out = torch.matmul(F.dropout(probs, p=dropout_p, training=self.training), v)
+            dropped = F.dropout(probs, p=dropout_p, training=self.training)
+            out = torch.matmul(dropped, v)
+            if weights_after_dropout:
+                probs = dropped
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fast_causal
@@ -375,18 +399,21 @@ class TransformerLayer(nn.Module):
         layer_norm_eps: float = 1e-6,
         cross_attention: bool = False,
         bias: bool = True,
+        attn_dropout_mode: str = "probs",
     ):
         super().__init__()
         inner_size = 4 * hidden_size if inner_size is None else inner_size
         self.self_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.self_attn = MultiHeadAttention(
-            hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias
+            hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias,
+            attn_dropout_mode,
         )
         self.cross_norm = self.cross_attn = None
         if cross_attention:
             self.cross_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
             self.cross_attn = MultiHeadAttention(
-                hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias
+                hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias,
+                attn_dropout_mode,
             )
         self.ff_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.ffn = FeedForward(hidden_size, inner_size, hidden_dropout_prob, activation, bias)
@@ -411,6 +438,7 @@ class TransformerLayer(nn.Module):
         memory_padding_mask: Optional[torch.Tensor] = None,
         need_weights: bool = False,
         cache: Optional[dict] = None,
+        weights_after_dropout: bool = False,
     ):
         """Run the block on ``x`` [B, T, hidden].
 
@@ -430,6 +458,7 @@ class TransformerLayer(nn.Module):
         h, probs, (self_k, self_v) = self.self_attn(
             self.self_norm(x), key_padding_mask=padding_mask, causal=causal, attn_mask=attn_mask,
             need_weights=need_weights, past_kv=past, shared_kv=shared,
+            weights_after_dropout=weights_after_dropout,
         )
         x = x + h
         new_cache = None if cache is None else dict(cache, self_k=self_k, self_v=self_v)
@@ -481,13 +510,15 @@ class TransformerStack(nn.Module):
         layer_norm_eps: float = 1e-6,
         cross_attention: bool = False,
         bias: bool = True,
+        attn_dropout_mode: str = "probs",
     ):
         super().__init__()
         self.n_layers = n_layers
         self.cross_attention = cross_attention
         self.layers = nn.ModuleList(
             TransformerLayer(hidden_size, n_heads, head_size, inner_size, attn_dropout_prob,
-                             hidden_dropout_prob, activation, layer_norm_eps, cross_attention, bias)
+                             hidden_dropout_prob, activation, layer_norm_eps, cross_attention, bias,
+                             attn_dropout_mode)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -511,13 +542,15 @@ class TransformerStack(nn.Module):
         weights_layer: Optional[int] = None,
         apply_final_norm: Optional[bool] = None,
         cache: Optional[list] = None,
+        weights_after_dropout: bool = False,
     ) -> StackOutput:
         """Run layers ``[start, end)`` (``end=None``: to the last) on ``x`` [B, T, hidden].
 
         Masks are as in :class:`TransformerLayer` and shared by all layers. ``weights_layer`` is an
         absolute layer index inside the range. ``apply_final_norm=None`` applies ``self.norm`` iff
         ``end == n_layers``. ``cache`` is the full per-layer list; only the run layers' entries are
-        replaced in the returned copy.
+        replaced in the returned copy. ``weights_after_dropout``: the returned probabilities are
+        those after attention dropout (training only; see :class:`MultiHeadAttention`).
         """
         end = self.n_layers if end is None else end
         if not 0 <= start <= end <= self.n_layers:
@@ -531,6 +564,7 @@ class TransformerStack(nn.Module):
                 x, padding_mask, causal, attn_mask, memory, memory_padding_mask,
                 need_weights=(i == weights_layer),
                 cache=None if cache is None else cache[i],
+                weights_after_dropout=weights_after_dropout,
             )
             if i == weights_layer:
                 attn = probs

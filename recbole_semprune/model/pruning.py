@@ -26,6 +26,7 @@ from :class:`TokenPruningMixin` (config keys, pruned runs, statistics and their 
 """
 
 import math
+from fractions import Fraction
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -48,7 +49,8 @@ __all__ = [
 ]
 
 NO_PRUNING = "none"
-KEEP_RATIO_MODES = ("batch", "per_history")
+KEEP_RATIO_MODES = ("fixed", "per_history", "batch")
+SCORE_QUERIES = ("real", "all")
 
 
 class Scorer(NamedTuple):
@@ -79,9 +81,10 @@ def register_scorer(name: str, needs_attention: bool, replace: bool = False):
 
 
 def attention_received(attn, query_mask, causal=False, normalize_by_visible_queries=False):
-    """Attention each key receives, summed over heads and over the *real* queries.
+    """Attention each key receives, summed over heads and over the queries of ``query_mask``.
 
-    ``attn`` [B, H, Tq, Tk] (probabilities of one layer), ``query_mask`` [B, Tq] bool. With
+    ``attn`` [B, H, Tq, Tk] (probabilities of one layer), ``query_mask`` [B, Tq] bool (the real
+    queries; every slot with ``prune_score_queries: all``). With
     ``normalize_by_visible_queries`` the sum is divided by how many real queries may attend to
     each key: all of them without ``causal``; those at or after the key with ``causal``
     (query and key index the same sequence), so early tokens of a causal stream are not
@@ -128,20 +131,49 @@ def random_score(hidden, received, mask):
     return torch.rand(mask.shape, device=mask.device)
 
 
-def keep_counts(mask, keep_ratio, mode, protect=None):
+def parse_keep_ratio(value):
+    """``keep_ratio`` as an exact :class:`~fractions.Fraction` in (0, 1]: a number, or a string
+    ``"a/b"`` (``"1/3"`` keeps exactly a third, where 0.3333 keeps one token fewer whenever the
+    length is a multiple of 3)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        ratio = Fraction(value) if isinstance(value, (int, str, Fraction)) else None
+        if isinstance(value, float):  # 1/3 from the command line arrives as 0.333...: exact again
+            ratio = Fraction(value).limit_denominator(10**6)
+    except (TypeError, ValueError, ZeroDivisionError):
+        ratio = None
+    if ratio is None or not 0 < ratio <= 1:
+        raise ValueError(f"keep_ratio={value!r} must be a number or a fraction 'a/b' in (0, 1]")
+    return ratio
+
+
+def keep_counts(mask, keep_ratio, mode, protect=None, max_tokens=None):
     """How many tokens each history keeps: LongTensor [B].
 
-    ``per_history``: ``int(n_b * keep_ratio)`` of its own ``n_b`` real tokens; ``batch`` (the
-    public RASTP code): ``int(longest * keep_ratio)`` for every history, ``longest`` = the most
-    real tokens of a history in the batch (the padded length under dynamic padding), so short
-    histories keep all they have. At least 1, and at least the protected tokens.
+    ``fixed`` (the public RASTP code): ``floor(max_tokens * keep_ratio)`` for every history,
+    ``max_tokens`` = the most tokens a history can have (the fixed length the public code pads
+    every row to), so a history with fewer real tokens keeps them all; ``per_history``:
+    ``floor(n_b * keep_ratio)`` of its own ``n_b`` real tokens; ``batch`` (this project's first
+    reading of the public code, kept to reproduce earlier runs): ``floor(longest * keep_ratio)``
+    with ``longest`` = the most real tokens of a history *in the batch*, so a history's count
+    depends on its batch-mates. Never more than the real tokens, at least 1, and at least the
+    protected tokens. ``keep_ratio`` is a number or a :class:`~fractions.Fraction` (exact).
     """
     if mode not in KEEP_RATIO_MODES:
         raise ValueError(f"keep_ratio_mode must be one of {KEEP_RATIO_MODES}, got {mode!r}")
     n_real = mask.sum(1)
-    if mode == "batch":
-        n_real = n_real.max().expand_as(n_real)
-    counts = (n_real.double() * keep_ratio).floor().long().clamp(min=1)
+    if mode == "fixed":
+        if max_tokens is None:
+            raise ValueError("keep_ratio_mode 'fixed' needs max_tokens (the longest possible history)")
+        base = torch.full_like(n_real, int(max_tokens))
+    elif mode == "batch":
+        base = n_real.max().expand_as(n_real)
+    else:
+        base = n_real
+    ratio = parse_keep_ratio(keep_ratio)
+    # exact integer arithmetic: floor(base * p / q)
+    counts = torch.minimum(base * ratio.numerator // ratio.denominator, n_real).clamp(min=1)
     if protect is not None:
         counts = torch.maximum(counts, (protect & mask).sum(1))
     return counts
@@ -199,9 +231,10 @@ class TokenPruner:
     (:meth:`pop_stats`).
     """
 
-    def __init__(self, n_layers, prune_layer=2, keep_ratio=1 / 3, scorer="rastp",
-                 keep_ratio_mode="batch", prune_at_eval=True, protect_last=0,
-                 normalize_by_visible_queries=False):
+    def __init__(self, n_layers, prune_layer=2, keep_ratio="1/3", scorer="rastp",
+                 keep_ratio_mode="fixed", prune_at_eval=True, protect_last=0,
+                 normalize_by_visible_queries=False, max_tokens=None, score_queries="real",
+                 attention_after_dropout=False):
         if scorer != NO_PRUNING and scorer not in SCORERS:
             raise ValueError(
                 f"unknown prune_scorer {scorer!r}: choose one of "
@@ -213,17 +246,25 @@ class TokenPruner:
                 f"prune_layer={prune_layer!r} must be an int in [1, {n_layers}] (the number of "
                 f"layers run before pruning, of the {n_layers} layers of the pruned stack)"
             )
-        if not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
-            raise ValueError(f"keep_ratio={keep_ratio!r} must be in (0, 1]")
+        ratio = parse_keep_ratio(keep_ratio)
         if keep_ratio_mode not in KEEP_RATIO_MODES:
             raise ValueError(
                 f"keep_ratio_mode={keep_ratio_mode!r} must be one of {', '.join(KEEP_RATIO_MODES)}"
+            )
+        if keep_ratio_mode == "fixed" and not (isinstance(max_tokens, int) and max_tokens > 0):
+            raise ValueError("keep_ratio_mode=fixed needs the longest possible history in tokens")
+        if score_queries not in SCORE_QUERIES:
+            raise ValueError(
+                f"prune_score_queries={score_queries!r} must be one of {', '.join(SCORE_QUERIES)}"
             )
         if isinstance(protect_last, bool) or not isinstance(protect_last, int) or protect_last < 0:
             raise ValueError(f"prune_protect_last={protect_last!r} must be an int >= 0 (items)")
         self.n_layers = n_layers
         self.prune_layer = prune_layer
-        self.keep_ratio = float(keep_ratio)
+        self.keep_ratio = ratio
+        self.max_tokens = max_tokens
+        self.score_queries = score_queries
+        self.attention_after_dropout = bool(attention_after_dropout)
         self.scorer_name = scorer
         self.scorer = SCORERS.get(scorer)
         self.keep_ratio_mode = keep_ratio_mode
@@ -233,24 +274,41 @@ class TokenPruner:
         self.reset_stats()
 
     @classmethod
-    def from_config(cls, config, n_layers, default_scorer="rastp"):
+    def from_config(cls, config, n_layers, max_tokens, default_scorer="rastp"):
         """Settings from the config keys ``prune_layer``, ``keep_ratio``, ``prune_scorer``,
         ``keep_ratio_mode``, ``prune_at_eval``, ``prune_protect_last``,
-        ``normalize_by_visible_queries`` (missing keys take the defaults above)."""
+        ``normalize_by_visible_queries``, ``prune_score_queries``,
+        ``prune_attention_after_dropout`` (missing keys take the defaults above);
+        ``max_tokens``: the longest possible history in tokens (``keep_ratio_mode: fixed``).
+
+        ``prune_score_queries: all`` sums the attention that padding queries pay too (the
+        public code's), which depends on how far a row is padded: it needs ``padding_free:
+        False``, where every row is padded to ``MAX_ITEM_LIST_LENGTH`` as in the public code.
+        """
 
         def get(key, default):
             value = config[key]
             return default if value is None else value
 
+        score_queries = get("prune_score_queries", "real")
+        if score_queries == "all" and config["padding_free"]:
+            raise ValueError(
+                "prune_score_queries=all counts the attention paid by padding queries, so it "
+                "depends on how far each row is padded: set padding_free=False (every row then "
+                "has MAX_ITEM_LIST_LENGTH items, the public code's fixed padding)"
+            )
         return cls(
             n_layers,
             prune_layer=get("prune_layer", 2),
-            keep_ratio=get("keep_ratio", 1 / 3),
+            keep_ratio=get("keep_ratio", "1/3"),
             scorer=get("prune_scorer", default_scorer),
-            keep_ratio_mode=get("keep_ratio_mode", "batch"),
+            keep_ratio_mode=get("keep_ratio_mode", "fixed"),
             prune_at_eval=get("prune_at_eval", True),
             protect_last=get("prune_protect_last", 0),
             normalize_by_visible_queries=get("normalize_by_visible_queries", False),
+            max_tokens=max_tokens,
+            score_queries=score_queries,
+            attention_after_dropout=get("prune_attention_after_dropout", False),
         )
 
     @property
@@ -266,7 +324,8 @@ class TokenPruner:
         """Scores [B, T] of the tokens ``hidden`` [B, T, d] from the pruning layer's ``attn``."""
         received = None
         if self.scorer.needs_attention:
-            received = attention_received(attn, mask, causal, self.normalize_by_visible_queries)
+            queries = mask if self.score_queries == "real" else torch.ones_like(mask)
+            received = attention_received(attn, queries, causal, self.normalize_by_visible_queries)
         return self.scorer.fn(hidden, received, mask)
 
     def protected_tokens(self, positions, n_levels):
@@ -289,12 +348,14 @@ class TokenPruner:
         p = self.prune_layer
         weights_layer = p - 1 if self.scorer.needs_attention else None
         first = stack(x, padding_mask=mask, causal=causal, end=p, weights_layer=weights_layer,
-                      apply_final_norm=False, cache=cache)
+                      apply_final_norm=False, cache=cache,
+                      weights_after_dropout=self.attention_after_dropout)
         history, history_mask = first.hidden[:, :n_prunable], mask[:, :n_prunable]
         with torch.no_grad():
             attn = None if first.attn is None else first.attn[:, :, :n_prunable, :n_prunable]
             scores = self.score(history, attn, history_mask, causal)
-        counts = keep_counts(history_mask, self.keep_ratio, self.keep_ratio_mode, protect)
+        counts = keep_counts(history_mask, self.keep_ratio, self.keep_ratio_mode, protect,
+                             self.max_tokens)
         selection = select_tokens(scores, history_mask, counts, protect)
         hidden = torch.cat([gather_positions(history, selection.index),
                             first.hidden[:, n_prunable:]], dim=1)
@@ -362,7 +423,9 @@ class TokenPruner:
     def __repr__(self):
         return (
             f"TokenPruner(scorer={self.scorer_name}, prune_layer={self.prune_layer}/"
-            f"{self.n_layers}, keep_ratio={self.keep_ratio:g}, mode={self.keep_ratio_mode}, "
+            f"{self.n_layers}, keep_ratio={self.keep_ratio}, mode={self.keep_ratio_mode}"
+            + (f"(max {self.max_tokens} tokens)" if self.keep_ratio_mode == "fixed" else "")
+            + f", score_queries={self.score_queries}, after_dropout={self.attention_after_dropout}, "
             f"prune_at_eval={self.prune_at_eval}, protect_last={self.protect_last}, "
             f"normalize_by_visible_queries={self.normalize_by_visible_queries})"
         )
@@ -384,7 +447,9 @@ class TokenPruningMixin:
 
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
-        self.pruner = TokenPruner.from_config(config, self.n_layers, self.default_prune_scorer)
+        self.pruner = TokenPruner.from_config(
+            config, self.n_layers, self.max_seq_length * self.n_levels, self.default_prune_scorer
+        )
 
     @property
     def pruning(self):

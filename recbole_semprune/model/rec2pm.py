@@ -299,10 +299,7 @@ class Rec2PM(DecoderOnlySID):
 
     def loss_terms(self, interaction):
         """``(L_AR, L_con)`` of a batch, by self-referential teacher forcing (module doc)."""
-        stream, k = self.training_stream(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
-            interaction[self.POS_ITEM_ID],
-        )
+        stream, k = self.training_stream(*self.history(interaction), interaction[self.POS_ITEM_ID])
         batch, d, c, t = stream.shape[0], self.hidden_size, self.mem_tokens, self.segment_tokens
         raw, raw_mask = self.embed_segments(stream)  # [B, k*T, d]
         tokens = self.item_tokens(stream).view(batch * k, t)

@@ -33,6 +33,9 @@ class SIDRecommender(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    # batches are trimmed to their longest history (`history`), so the loaders bucket rows by
+    # length when `padding_free` is on (recbole_semprune.data.batching)
+    padding_free_batches = True
 
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset)
@@ -62,10 +65,12 @@ class SIDRecommender(SequentialRecommender):
         self.n_layers = config["n_layers"]
         self.hidden_dropout_prob = config["hidden_dropout_prob"]
         self.attn_dropout_prob = config["attn_dropout_prob"]
+        self.attn_dropout_mode = config["attn_dropout_mode"] or "probs"
         self.hidden_act = config["hidden_act"]
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
         self.beam_size = config["beam_size"]
+        self.padding_free = bool(config["padding_free"])
         # generate only items that are not in the input history (for data without repeats)
         self.exclude_seen = bool(config["exclude_seen"])
         topk = config["topk"] or []
@@ -100,6 +105,7 @@ class SIDRecommender(SequentialRecommender):
             n_layers, self.hidden_size, self.n_heads, self.head_size, self.inner_size,
             self.attn_dropout_prob, self.hidden_dropout_prob, self.hidden_act,
             self.layer_norm_eps, cross_attention=cross_attention,
+            attn_dropout_mode=self.attn_dropout_mode,
         )
 
     # ---- tokens -------------------------------------------------------------------------
@@ -112,9 +118,21 @@ class SIDRecommender(SequentialRecommender):
         """Codes ``[...]`` of one level -> token ids."""
         return codes + 1 + self.level_offsets[level]
 
+    def history(self, interaction):
+        """``(item_seq [B, N], item_seq_len [B])`` of a batch; with ``padding_free`` the columns
+        after the longest history are dropped, so no layer computes on them."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        if self.padding_free:
+            item_seq = item_seq[:, : max(int(item_seq_len.max()), 1)]
+        return item_seq, item_seq_len
+
     def count_input_tokens(self, interaction):
         """Input SID tokens of a batch (history items x levels), for throughput logs."""
         return interaction[self.ITEM_SEQ_LEN].sum() * self.n_levels
+
+    def count_token_slots(self, interaction):
+        """History token slots the model computes for a batch, padding included."""
+        return self.history(interaction)[0].numel() * self.n_levels
 
     def embed_items(self, items, positions):
         """Items ``[B, N]`` at item positions ``[B, N]`` -> (embeddings ``[B, N*L, d]``,
@@ -163,9 +181,7 @@ class SIDRecommender(SequentialRecommender):
     def target_log_probs(self, interaction, items):
         """Per-level log-probabilities ``[B, L]`` of ``items`` ``[B]`` given each history."""
         target_tokens = self.item_tokens(items)
-        hidden = self.target_hidden(
-            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], target_tokens
-        )
+        hidden = self.target_hidden(*self.history(interaction), target_tokens)
         return self.token_log_probs(hidden, target_tokens)
 
     def calculate_loss(self, interaction):
@@ -192,7 +208,7 @@ class SIDRecommender(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         """Scores ``[B, n_items]``: beam items carry their SID log-probability, others -inf."""
-        item_ids, scores = self.generate(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        item_ids, scores = self.generate(*self.history(interaction))
         return scores_to_full(item_ids, scores, self.n_items)
 
 

@@ -80,7 +80,7 @@ class STAMPSID(BackboneSwitch, MultiStepMixin, PrunedTIGER):
         target_tokens = self.item_tokens(interaction[self.POS_ITEM_ID])  # [B, L]
         future = interaction[self.FUTURE_ITEMS]  # [B, D], 0 = no such training item
         future_tokens = self.item_tokens(future)  # [B, D, L]
-        memory, memory_mask = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        memory, memory_mask = self.encode(*self.history(interaction))
         main_input = self.teacher_forcing_input(target_tokens)
         levels = torch.arange(self.n_levels, device=target_tokens.device)
         starts = self.map_start + self.level_embedding.weight[0]  # [D, d]
