@@ -129,6 +129,13 @@ class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
         self.epoch_stats.append(stats)
         return losses
 
+    def evaluate(self, *args, **kwargs):
+        """RecBole's evaluation; with ``enable_amp`` under autocast too, as training is (RecBole
+        evaluates in full precision), so a SID model's beam search decodes in mixed precision
+        (its beam scores still add up in float32)."""
+        with torch.autocast(device_type=self.device.type, enabled=bool(self.enable_amp)):
+            return super().evaluate(*args, **kwargs)
+
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         output = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
         if not self.epoch_stats or self.epoch_stats[-1]["epoch"] != epoch_idx:

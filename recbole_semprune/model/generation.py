@@ -226,7 +226,10 @@ def constrained_beam_search(
     n_beams = 1
     for level, size in enumerate(level_sizes):
         log_probs, state = step_fn(state, prefixes, level)
-        log_probs = log_probs.float().to(device)
+        # scores add up in float32 at least (bf16 / fp16 under autocast), float64 if given
+        dtype = torch.promote_types(log_probs.dtype, torch.float32)
+        log_probs = log_probs.to(device=device, dtype=dtype)
+        beam_scores = beam_scores.to(dtype)
         allowed = trie.allowed(level, prefixes)
         if excluded is not None:
             allowed &= ~excluded.exhausted(level, prefixes)
