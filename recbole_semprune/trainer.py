@@ -64,6 +64,13 @@ def count_input_tokens(model, interaction):
     return len(interaction)
 
 
+def count_token_slots(model, interaction):
+    """Token slots a model computes for a batch, padding included (SID models: their trimmed
+    history width x levels per row); else its input tokens, i.e. no padding counted."""
+    counter = getattr(model, "count_token_slots", None)
+    return int(counter(interaction)) if counter is not None else count_input_tokens(model, interaction)
+
+
 class CheckpointLoadingMixin:
     """Lets any RecBole trainer read its own checkpoints on torch >= 2.6 (see ``compat``)."""
 
@@ -112,11 +119,12 @@ class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         base_loss = loss_func or self.model.calculate_loss
-        stats = {"epoch": epoch_idx, "steps": 0, "tokens": 0}
+        stats = {"epoch": epoch_idx, "steps": 0, "tokens": 0, "token_slots": 0}
 
         def counted_loss(interaction):
             stats["steps"] += 1
             stats["tokens"] += count_input_tokens(self.model, interaction)
+            stats["token_slots"] += count_token_slots(self.model, interaction)
             return base_loss(interaction)
 
         start = perf_counter()

@@ -34,9 +34,14 @@ REQUIRED = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "padding_share",
+    "model_gflops_per_second",
+    "matmul_gflops_per_second",
+    "utilisation",
     "kept_fraction",
     "peak_memory_mb",
     "eval_seconds",
+    "eval_seconds_per_user",
     "params",
 ]
 METRICS = ["recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10", "hit@10"]
@@ -88,9 +93,16 @@ def test_results_csv(ml100k):
             "tokens_per_second",
             "peak_memory_mb",
             "eval_seconds",
+            "eval_seconds_per_user",
+            "model_gflops_per_second",
+            "matmul_gflops_per_second",
+            "utilisation",
         ):
             value = float(row[column])
             assert math.isfinite(value) and value > 0, (column, value)
+        assert float(row["padding_share"]) == 0.0  # RecBole models: no SID padding counted
+        assert float(row["utilisation"]) == pytest.approx(
+            float(row["model_gflops_per_second"]) / float(row["matmul_gflops_per_second"]))
         # extrapolated: seconds/step x the length of the full train loader
         steps_per_epoch = int(row["steps_per_epoch"])
         assert steps_per_epoch > 3

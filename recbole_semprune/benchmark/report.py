@@ -16,15 +16,21 @@ COST_COLUMNS = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "padding_share",
+    "model_gflops_per_second",
+    "matmul_gflops_per_second",
+    "utilisation",
     "kept_fraction",
     "peak_memory_mb",
     "eval_seconds",
+    "eval_seconds_per_user",
     "params",
 ]
 # (ratio column, the column it divides by the baseline's)
 RATIO_COLUMNS = [
     ("train_seconds_per_step_ratio", "train_seconds_per_step"),
     ("train_cpu_seconds_per_step_ratio", "train_cpu_seconds_per_step"),
+    ("tokens_per_second_ratio", "tokens_per_second"),
     ("peak_memory_ratio", "peak_memory_mb"),
     ("eval_seconds_ratio", "eval_seconds"),
 ]
@@ -54,10 +60,16 @@ MD_COLUMNS = [
     "train_seconds_per_epoch",
     "epoch_time_source",
     "tokens_per_second",
+    "tokens_per_second_ratio",
+    "padding_share",
+    "model_gflops_per_second",
+    "matmul_gflops_per_second",
+    "utilisation",
     "kept_fraction",
     "peak_memory_mb",
     "peak_memory_ratio",
     "eval_seconds",
+    "eval_seconds_per_user",
     "eval_seconds_ratio",
     "params",
 ]
@@ -137,7 +149,7 @@ def _format(column, value):
         return str(value)
     if column.endswith("_ratio"):
         return f"{value:.2f}x"
-    if column == "kept_fraction":
+    if column in ("kept_fraction", "padding_share", "utilisation"):
         return f"{100 * value:.1f}%"
     if column in ("params", "train_steps", "eval_users", "steps_per_epoch"):
         return f"{int(value):,}"

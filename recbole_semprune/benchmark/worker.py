@@ -182,6 +182,7 @@ def _epoch_figures(stats, budget, steps_per_epoch):
     steps = sum(s["steps"] for s in stats)
     seconds = sum(s["seconds"] for s in stats)
     tokens = sum(s["tokens"] for s in stats)
+    slots = sum(s.get("token_slots", s["tokens"]) for s in stats)
     per_step = seconds / steps if steps else float("nan")
     if budget["mode"] == "epochs":
         per_epoch, source = seconds / len(stats), "measured"
@@ -195,6 +196,7 @@ def _epoch_figures(stats, budget, steps_per_epoch):
         "epoch_time_source": source,
         "train_tokens": tokens,
         "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
+        "padding_share": 1 - tokens / slots if slots else float("nan"),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in stats),
     }
     # a pruning model's kept tokens (its pop_epoch_stats), averaged over steps
@@ -298,6 +300,7 @@ def _run_model(spec, budget, on_trained):
         raise RuntimeError(f"{spec['model']}: the trainer ran no training epoch")
     figures = _epoch_figures(stats, budget, steps_per_epoch)
     figures["train_cpu_seconds"] = train_cpu_seconds
+    figures.update(utilisation(model, train_data, figures, config["device"], spec.get("flop_batches", 4)))
     figures["train_cpu_seconds_per_step"] = train_cpu_seconds / figures["train_steps"]
     if budget["mode"] == "max_steps" and figures["train_steps"] != int(budget["value"]):
         raise RuntimeError(
@@ -358,10 +361,65 @@ def _run_model(spec, budget, on_trained):
         "eval_users_total": int(len(_user_order(test_data))),
         "eval_users_fingerprint": _users_fingerprint(test_data._dataset, eval_users),
         "eval_seconds": eval_seconds,
+        "eval_seconds_per_user": eval_seconds / max(len(eval_users), 1),
         "eval_peak_memory_mb": eval_memory.peak_mb,
         "test_result": {k: float(v) for k, v in test_result.items()},
     })
     return result
+
+
+def training_flops(model, batches):
+    """FLOPs of one training step (loss forward + backward) of each batch, counted by
+    :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, attention, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    model.train()
+    for batch in batches:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss = model.calculate_loss(batch)
+            loss = sum(loss) if isinstance(loss, tuple) else loss
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        counts.append(counter.get_total_flops())
+    return counts
+
+
+def matmul_flops_per_second(device, size=2048, seconds=2.0):
+    """The machine's own dense float32 matmul rate (``size`` x ``size`` products, same threads
+    as the model), the denominator of the utilisation column."""
+    device = torch.device(device)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    runs, begin = 0, perf_counter()
+    while perf_counter() - begin < seconds:
+        torch.mm(a, b)
+        runs += 1
+    sync()
+    return 2 * size**3 * runs / (perf_counter() - begin)
+
+
+def utilisation(model, train_data, figures, device, n_batches=4):
+    """How close training ran to the machine's limit: model FLOPs per training second (the
+    mean FLOPs of ``n_batches`` training batches drawn from the loader, times the steps taken,
+    over the training seconds), the dense matmul rate measured now, and their ratio."""
+    batches = []
+    for batch in train_data:
+        batches.append(batch.to(device))
+        if len(batches) == n_batches:
+            break
+    per_step = float(np.mean(training_flops(model, batches)))
+    model_rate = per_step * figures["train_steps"] / figures["train_seconds"]
+    matmul_rate = matmul_flops_per_second(device)
+    return {
+        "flops_per_step": per_step,
+        "model_gflops_per_second": model_rate / 1e9,
+        "matmul_gflops_per_second": matmul_rate / 1e9,
+        "utilisation": model_rate / matmul_rate,
+    }
 
 
 def _load_average():
