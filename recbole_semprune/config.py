@@ -19,6 +19,7 @@ from recbole_semprune import compat
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
 MODEL_PROPERTIES_DIR = os.path.join(PROPERTIES_DIR, "model")
+PRESET_DIR = os.path.join(PROPERTIES_DIR, "preset")
 DATASET_CONFIG_DIR = os.path.join(PACKAGE_DIR, "dataset_configs")
 OVERALL_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "overall.yaml")
 SID_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "sid.yaml")
@@ -26,6 +27,20 @@ SID_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "sid.yaml")
 
 def model_config_file(model_name):
     return os.path.join(MODEL_PROPERTIES_DIR, f"{model_name}.yaml")
+
+
+def preset_names():
+    return sorted(os.listdir(PRESET_DIR)) if os.path.isdir(PRESET_DIR) else []
+
+
+def preset_file(preset, model_name):
+    """The yaml of ``size_preset`` for a model (sizes between its own yaml and the dataset's);
+    a model without one (RecBole's) runs at its own defaults."""
+    if preset not in preset_names():
+        raise ValueError(
+            f"size_preset={preset!r} is not a preset: choose one of {', '.join(preset_names())}"
+        )
+    return os.path.join(PRESET_DIR, str(preset), f"{model_name}.yaml")
 
 
 def dataset_config_file(dataset_name):
@@ -68,7 +83,11 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for file in (OVERALL_PROPERTIES_FILE, SID_PROPERTIES_FILE, model_config_file(model)):
+        files = [OVERALL_PROPERTIES_FILE, SID_PROPERTIES_FILE, model_config_file(model)]
+        preset = self.external_config_dict.get("size_preset")
+        if preset is not None:
+            files.append(preset_file(preset, model))
+        for file in files:
             if os.path.isfile(file):
                 self._update_internal_config_dict(file)
         dataset_file = dataset_config_file(dataset)
