@@ -54,12 +54,17 @@ def atomic_save(obj, path):
     (``.<name>.part``), flushed to disk, then renamed over ``path`` in one step."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    part = os.path.join(folder, f".{os.path.basename(path)}.part")
-    with open(part, "wb") as f:
-        torch.save(obj, f, pickle_protocol=4)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
+    part = os.path.join(folder, f".{os.path.basename(path)}.part")  # a killed write's is reused
+    try:
+        with open(part, "wb") as f:
+            torch.save(obj, f, pickle_protocol=4)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    except BaseException:
+        if os.path.exists(part):
+            os.remove(part)
+        raise
     try:  # make the rename itself durable
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
