@@ -117,25 +117,38 @@ run_recbole_semprune(model="SASRec", dataset="tiny", config_dict=config)
 """
 
 
-def test_sigkilled_run_resumes_to_the_same_result(tiny_data):
+def test_sigkilled_run_resumes_to_the_same_result(tiny_data, monkeypatch):
     """A real SIGKILL of a training process while it writes a resume state: the state before
-    stays whole, and the resumed run (``resume`` = that file's path) ends as the
-    uninterrupted one: test metrics, best epoch, best weights."""
-    config = {**tiny_data, **EPOCHS, "epochs": 4, "stopping_step": 10}
+    stays whole, and the resumed run (``resume`` = that file's path) ends as the uninterrupted
+    one: test metrics, best epoch, best weights, and the epoch early stopping ends on.
+
+    At this learning rate the valid NDCG@10 of the tiny data peaks at epoch 4 and falls at 5
+    and 6, so with ``stopping_step: 1`` training stops after epoch 6 of 10. The
+    process is killed while it writes that last state: the surviving one, after epoch 5, has an
+    early-stopping count of 1 and a best epoch (4) that is not its last."""
+    config = {**tiny_data, "epochs": 10, "eval_step": 1, "stopping_step": 1, "learning_rate": 0.05}
     folder = tiny_data["checkpoint_dir"]
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps([config, 1])],
+        [sys.executable, "-c", CHILD, json.dumps([config, 6])],
         cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=300,
     )
     assert child.returncode == -9, child.stderr[-2000:]
     (last,) = last_files(folder)
-    assert load_checkpoint(last, map_location="cpu")["epoch"] == 0  # the whole earlier state
+    state = load_checkpoint(last, map_location="cpu")  # the whole earlier state
+    assert (state["epoch"], state["cur_step"], state["best_checkpoint"]["epoch"]) == (5, 1, 4)
     assert glob.glob(os.path.join(folder, ".*.part"))  # the half-written one never replaced it
 
     uninterrupted = run_recbole_semprune(model="SASRec", dataset="tiny", config_dict=config)
+    epochs_trained = []
+    train_epoch = Trainer._train_epoch
+    monkeypatch.setattr(
+        Trainer, "_train_epoch",
+        lambda self, data, epoch, *a, **k: epochs_trained.append(epoch) or train_epoch(self, data, epoch, *a, **k),
+    )
     resumed = run_recbole_semprune(model="SASRec", dataset="tiny",
                                    config_dict={**config, "resume": last})
+    assert epochs_trained == [6]  # and early stopping ends the run there, as it did
     assert_same_run(resumed, uninterrupted)
 
 
