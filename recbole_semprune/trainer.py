@@ -71,6 +71,13 @@ def count_input_tokens(model, interaction):
 class CheckpointLoadingMixin:
     """Lets any RecBole trainer read its own checkpoints on torch >= 2.6 (see ``compat``)."""
 
+    last_checkpoint_file = None  # the resume state, which only the plugin Trainer writes
+
+    def remove_last_checkpoint(self):
+        """Deletes the resume state, if there is one (the run has its result)."""
+        if self.last_checkpoint_file and os.path.exists(self.last_checkpoint_file):
+            os.remove(self.last_checkpoint_file)
+
     def resume_checkpoint(self, *args, **kwargs):
         with recbole_checkpoint_loading():
             return super().resume_checkpoint(*args, **kwargs)
@@ -256,11 +263,6 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
             f"Resuming {path}: epoch {state['epoch']} was the last completed, "
             + ("training was over" if self.finished else f"training goes on at epoch {self.start_epoch}")
         )
-
-    def remove_last_checkpoint(self):
-        """Deletes the resume state (the run has its result)."""
-        if self.last_checkpoint_file and os.path.exists(self.last_checkpoint_file):
-            os.remove(self.last_checkpoint_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's best-model checkpoint, written atomically; a CPU copy of it goes into the
