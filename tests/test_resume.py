@@ -20,7 +20,8 @@ from recbole_semprune.trainer import Trainer
 
 # a few epochs, validated after each, with early stopping able to act
 EPOCHS = {"epochs": 3, "eval_step": 1, "stopping_step": 2}
-SID_SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
+SID_SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1,
+             "head_size": 8, "MAX_ITEM_LIST_LENGTH": 5}
 
 
 class Interrupted(Exception):
@@ -50,29 +51,28 @@ def assert_same_run(resumed, uninterrupted):
 
 @pytest.mark.parametrize("model", ["TIGER"])
 def test_interrupted_sid_run_resumes_to_the_same_result(model, tiny_data, monkeypatch):
-    """Stopped right after epoch 1's resume state is written, then ``resume=True``: the same
+    """Stopped right after epoch 0's resume state is written, then ``resume=True``: the same
     test metrics, best epoch and best weights as the uninterrupted run; the resumed model takes
     the checkpoint's semantic IDs (rebuilding them fails the test)."""
-    config = {**tiny_data, **SID_SMALL, **EPOCHS}
+    config = {**tiny_data, **SID_SMALL, **EPOCHS, "epochs": 2}
     uninterrupted = run_recbole_semprune(model=model, dataset="tiny", config_dict=config)
     folder = tiny_data["checkpoint_dir"]
     assert last_files(folder) == []  # removed once the run has its test result
 
     write = Trainer._write_last_checkpoint
 
-    def stop_after_epoch_1(self, epoch):
+    def stop_after_epoch_0(self, epoch):
         write(self, epoch)
-        if epoch == 1:
-            raise Interrupted
+        raise Interrupted
 
     with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_write_last_checkpoint", stop_after_epoch_1)
+        patch.setattr(Trainer, "_write_last_checkpoint", stop_after_epoch_0)
         with pytest.raises(Interrupted):
             run_recbole_semprune(model=model, dataset="tiny", config_dict=config)
     (last,) = last_files(folder)
     state = load_checkpoint(last, map_location="cpu")
-    assert state["epoch"] == 1 and not state["finished"]
-    assert [s["epoch"] for s in state["epoch_stats"]] == [0, 1]
+    assert state["epoch"] == 0 and not state["finished"]
+    assert [s["epoch"] for s in state["epoch_stats"]] == [0]
     assert torch.equal(state["state_dict"]["codes"], best_checkpoint(uninterrupted)[1]["codes"])
 
     def no_rebuild(*args, **kwargs):
@@ -86,7 +86,7 @@ def test_interrupted_sid_run_resumes_to_the_same_result(model, tiny_data, monkey
         lambda self, data, epoch, *a, **k: epochs_trained.append(epoch) or train_epoch(self, data, epoch, *a, **k),
     )
     resumed = run_recbole_semprune(model=model, dataset="tiny", config_dict={**config, "resume": True})
-    assert epochs_trained == [2]
+    assert epochs_trained == [1]
     assert_same_run(resumed, uninterrupted)
     assert resumed["saved_model_file"] == last[: -len(checkpoint.LAST_SUFFIX)] + ".pth"
     assert last_files(folder) == []
