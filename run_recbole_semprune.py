@@ -2,12 +2,14 @@
 
     python run_recbole_semprune.py --model=RASTP --dataset=amazon-beauty --data_path=../shared/datasets
     python run_recbole_semprune.py --model=SASRec --dataset=ml-100k --epochs=5
+    python run_recbole_semprune.py --model=SASRec --dataset=ml-100k --epochs=5 --resume=True
 
 Any other ``--key=value`` is a RecBole / plugin config key and overrides the yaml defaults.
 """
 
 import argparse
 
+from recbole_semprune.checkpoint import ResumeError
 from recbole_semprune.distributed import DistributedSettingsError
 from recbole_semprune.quick_start import run
 from recbole_semprune.utils import DatasetError, UnknownModelError
@@ -39,7 +41,7 @@ def main():
             port=args.port,
             group_offset=args.group_offset,
         )
-    except (UnknownModelError, DatasetError, DistributedSettingsError) as error:  # the user's input, not a bug: no traceback
+    except (UnknownModelError, DatasetError, DistributedSettingsError, ResumeError) as error:  # the user's input, not a bug: no traceback
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

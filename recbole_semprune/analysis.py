@@ -19,15 +19,29 @@ def topk_list(config):
     return [topk] if isinstance(topk, int) else list(topk)
 
 
-def target_positions(model, data, kmax):
+def set_exclude_seen(model, config, value):
+    """Sets the history mask ``exclude_seen`` of a loaded checkpoint: the protocol key its
+    trainer reads and, for a SID model, its beam search's."""
+    config["exclude_seen"] = value
+    if hasattr(model, "exclude_seen"):
+        model.exclude_seen = value
+
+
+def target_positions(model, data, kmax, exclude_seen=False):
     """Ranks every row of ``data`` (a full-sort eval loader) by ``model.full_sort_predict``, as
-    RecBole's evaluator does. Returns ``(position, history_length, user_id)``, three ``[N]``
+    RecBole's evaluator does (padding item last; with ``exclude_seen``, the history items too,
+    as the plugin trainer does). Returns ``(position, history_length, user_id)``, three ``[N]``
     CPU tensors in the loader's order; ``position`` is the target's place in the top ``kmax``
     (0 = first), ``kmax`` when it is not there."""
+    from recbole_semprune.trainer import mask_history
+
     positions, lengths, users = [], [], []
     for batch in data:
         interaction = batch[0].to(model.device)
         scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+        scores[:, 0] = float("-inf")
+        if exclude_seen:
+            mask_history(scores, interaction, model)
         top = scores.topk(kmax, dim=1).indices
         positions.append(positions_of(top, interaction[model.POS_ITEM_ID]))
         lengths.append(interaction[model.ITEM_SEQ_LEN])

@@ -52,11 +52,12 @@ def restore_numpy_aliases():
             setattr(np, name, value)
 
 
-def load_checkpoint(path, map_location=None):
-    """Load a RecBole checkpoint (a full pickle: only open files you or your runs wrote)."""
+def load_checkpoint(path, map_location=None, mmap=False):
+    """Load a RecBole checkpoint (a full pickle: only open files you or your runs wrote);
+    ``mmap=True`` maps the tensors' storage instead of reading it (to read small parts)."""
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
 
 
 @contextlib.contextmanager

@@ -17,9 +17,11 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
+from recbole_semprune.checkpoint import build_model, resume_state
 from recbole_semprune.compat import load_checkpoint
 from recbole_semprune.config import Config
 from recbole_semprune.data.batching import use_length_buckets
+from recbole_semprune.trainer import exclude_seen
 from recbole_semprune.utils import create_dataset, get_model, get_trainer
 
 
@@ -34,8 +36,10 @@ def prepare_data(config, dataset):
     return loaders
 
 
-def _build(config, logger=None):
-    """Dataset, splits, model and trainer for ``config``, as RecBole's quick start builds them."""
+def _build(config, logger=None, resume=None):
+    """Dataset, splits, model and trainer for ``config``, as RecBole's quick start builds them;
+    ``resume``: ``(path, state)`` of :func:`checkpoint.resume_state`, which the trainer
+    continues (the model gets the state's semantic IDs)."""
     dataset = create_dataset(config)
     if logger:
         logger.info(dataset)
@@ -43,8 +47,11 @@ def _build(config, logger=None):
     # one seed per process (RecBole adds local_rank, which repeats on every machine)
     rank = 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
     init_seed(config["seed"] + rank, config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    state_dict = resume[1]["state_dict"] if resume else None
+    model = build_model(config, train_data._dataset, state_dict).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume:
+        trainer.resume_from(*resume)
     return dataset, train_data, valid_data, test_data, model, trainer
 
 
@@ -59,6 +66,8 @@ def run_recbole_semprune(
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
+    exclude_seen(config)
+    resume = resume_state(config)  # a one-line ResumeError before anything is built
     init_seed(config["seed"], config["reproducibility"])
     # RecBole creates these with exists-then-makedirs: processes started together race on it
     for folder in (os.path.join("log", config["model"]), "log_tensorboard", config["checkpoint_dir"]):
@@ -74,7 +83,7 @@ def run_recbole_semprune(
             "--nproc=N to start several (docs/distributed.md)."
         )
 
-    dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger)
+    dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger, resume)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)
@@ -86,6 +95,7 @@ def run_recbole_semprune(
     test_result = trainer.evaluate(
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
+    trainer.remove_last_checkpoint()
 
     environment_tb = get_environment(config)
     logger.info(
@@ -215,11 +225,12 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         logger.removeHandler(handler)
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
-    _, train_data, valid_data, test_data, _, trainer = _build(config)
+    _, train_data, valid_data, test_data, _, trainer = _build(config, resume=resume_state(config))
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=False, saved=saved
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved)
+    trainer.remove_last_checkpoint()
     return {
         "model": config["model"],
         "best_valid_score": best_valid_score,
@@ -253,10 +264,8 @@ def load_data_and_model(model_file, device=None):
     logger.info(dataset)
     train_data, valid_data, test_data = prepare_data(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
-    model_class = get_model(config["model"])
     # SID models take their codes from the checkpoint instead of rebuilding them
-    init_kwargs = getattr(model_class, "checkpoint_init_kwargs", lambda state: {})
-    model = model_class(config, train_data._dataset, **init_kwargs(checkpoint["state_dict"]))
+    model = build_model(config, train_data._dataset, checkpoint["state_dict"])
     model = model.to(config["device"])
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))

@@ -1,13 +1,17 @@
-"""RecBole's Trainer plus per-epoch training throughput and peak memory in the log."""
+"""RecBole's Trainer plus per-epoch training throughput and peak memory in the log, training
+that resumes after an interruption (:mod:`recbole_semprune.checkpoint`), and the history mask
+``exclude_seen`` of every model's evaluation."""
 
+import os
 import threading
-from time import perf_counter
+from time import perf_counter, process_time
 
 import psutil
 import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
+from recbole_semprune import checkpoint
 from recbole_semprune.compat import recbole_checkpoint_loading
 from recbole_semprune.distributed import DistributedTrainerMixin
 
@@ -74,6 +78,13 @@ def count_token_slots(model, interaction):
 class CheckpointLoadingMixin:
     """Lets any RecBole trainer read its own checkpoints on torch >= 2.6 (see ``compat``)."""
 
+    last_checkpoint_file = None  # the resume state, which only the plugin Trainer writes
+
+    def remove_last_checkpoint(self):
+        """Deletes the resume state, if there is one (the run has its result)."""
+        if self.last_checkpoint_file and os.path.exists(self.last_checkpoint_file):
+            os.remove(self.last_checkpoint_file)
+
     def resume_checkpoint(self, *args, **kwargs):
         with recbole_checkpoint_loading():
             return super().resume_checkpoint(*args, **kwargs)
@@ -83,15 +94,59 @@ class CheckpointLoadingMixin:
             return super().evaluate(*args, **kwargs)
 
 
+def exclude_seen(config):
+    """The protocol key ``exclude_seen`` (``properties/overall.yaml``): whether evaluation
+    ranks the items of each row's input history last."""
+    value = config["exclude_seen"]
+    if value is None:  # a config pickled before the key existed (a RecBole model's checkpoint)
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"exclude_seen must be True or False, got {value!r}")
+    return value
+
+
+def mask_history(scores, interaction, model, rows=None):
+    """Sets, in place, the score of every item of each interaction's input history
+    (``interaction[model.ITEM_SEQ]``) to -inf in its row of ``scores`` ``[rows, n_items]``:
+    row ``i`` of the interaction, or ``rows[i]`` when given. A no-op for models without an
+    input sequence (RecBole already ranks a general model's training items last)."""
+    field = getattr(model, "ITEM_SEQ", None)
+    if field is None or field not in interaction:
+        return scores
+    history = interaction[field].to(scores.device)  # padding is item 0, always -inf
+    rows = torch.arange(len(history)) if rows is None else rows
+    scores[rows.to(scores.device).unsqueeze(1), history] = float("-inf")
+    return scores
+
+
+class HistoryMaskMixin:
+    """With ``exclude_seen: True``, evaluation never ranks an item of a row's input history:
+    its score is set to -inf after the model's, for every model alike (full ranking and
+    sampled ranking). SID models also leave those items out of their beam search, so the mask
+    changes nothing there but makes the protocol the same on both sides of a comparison."""
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if exclude_seen(self.config):
+            mask_history(scores, interaction, self.model)
+        return interaction, scores, positive_u, positive_i
+
+    def _neg_sample_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._neg_sample_batch_eval(batched_data)
+        if exclude_seen(self.config) and scores.dim() == 2:  # ranking (not value) evaluation
+            mask_history(scores, interaction, self.model, rows=batched_data[1])
+        return interaction, scores, positive_u, positive_i
+
+
 def with_checkpoint_loading(trainer_class):
     """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints,
     and, if it is a ``Trainer``, to run in RecBole's distributed mode on CPU too (see
-    :mod:`recbole_semprune.distributed`)."""
+    :mod:`recbole_semprune.distributed`) and to apply the history mask ``exclude_seen``."""
     if issubclass(trainer_class, CheckpointLoadingMixin):
         return trainer_class
     mixins = (CheckpointLoadingMixin,)
     if issubclass(trainer_class, RecBoleTrainer):
-        mixins = (DistributedTrainerMixin,) + mixins
+        mixins = (DistributedTrainerMixin, HistoryMaskMixin) + mixins
     return type(trainer_class.__name__, mixins + (trainer_class,), {})
 
 
@@ -102,22 +157,148 @@ def model_epoch_stats(model):
     return dict(pop()) if pop is not None else {}
 
 
-class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
+class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin, RecBoleTrainer):
     """RecBole's ``Trainer`` that also measures, per epoch, train steps, input tokens/s and peak
     memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line),
-    reads its own checkpoints on torch >= 2.6 and runs in RecBole's distributed mode on CPU
-    (gloo) and GPU (NCCL) with single-process metrics (:mod:`recbole_semprune.distributed`).
+    and per validation its time and result (``self.valid_stats``), reads its own checkpoints
+    on torch >= 2.6, runs in RecBole's distributed mode on CPU (gloo) and GPU (NCCL) with
+    single-process metrics (:mod:`recbole_semprune.distributed`), applies the history mask
+    ``exclude_seen`` (:class:`HistoryMaskMixin`), and resumes after an interruption.
 
     A model may report figures of its own per epoch: ``pop_epoch_stats()`` returns them as a
     dict (and resets them), merged into the epoch's stats; ``describe_epoch_stats(stats)``
     returns the text appended to the epoch log line.
+
+    Resume (:mod:`recbole_semprune.checkpoint`): ``fit(saved=True)`` writes the resume state
+    ``<Model>-<time>-last.pth`` beside the best checkpoint after every completed epoch (a
+    caller training with ``saved=False`` may set ``last_checkpoint_file`` itself), and
+    :meth:`resume_from` continues from one. A single-process feature: multi-process runs
+    write none. Every file is written atomically (:func:`checkpoint.atomic_save`), the best
+    checkpoint too.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_stats = []
+        self.valid_stats = []
+        self.last_checkpoint_file = None
+        self.finished = False  # training is over (early stop or last epoch): only testing is left
+        self._best_checkpoint = None  # CPU copy of the best checkpoint, for the resume state
+        self._rng_to_restore = None
+        self._loaders = {}
+        self._saved = False
 
+    # ---- resume -------------------------------------------------------------------------
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        if not self.config["single_spec"]:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if saved and self.last_checkpoint_file is None:
+            self.last_checkpoint_file = checkpoint.last_checkpoint_path(self.saved_model_file)
+        self._saved = saved
+        self._loaders = {"train": train_data, "valid": valid_data}
+        if self._rng_to_restore is not None:
+            checkpoint.set_rng_state(self._rng_to_restore, self._loaders)
+            self._rng_to_restore = None
+            if self.finished or self.start_epoch >= self.epochs:
+                self.finished = True
+                self.logger.info("Training was over when the run stopped: nothing left to train.")
+                return self.best_valid_score, self.best_valid_result
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.finished = True
+        last = self.epoch_stats[-1]["epoch"] if self.epoch_stats else self.start_epoch - 1
+        self._write_last_checkpoint(last)
+        return result
+
+    def _write_last_checkpoint(self, epoch):
+        """The resume state after ``epoch``: everything :meth:`resume_from` puts back."""
+        if self.last_checkpoint_file is None or self.global_rank != 0:
+            return
+        scheduler = getattr(self, "scheduler", None)
+        state = {
+            "format": checkpoint.FORMAT,
+            "config": self.config,
+            "epoch": epoch,
+            "finished": self.finished,
+            "saved": self._saved,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "train_loss_dict": self.train_loss_dict,
+            "epoch_stats": self.epoch_stats,
+            "valid_stats": self.valid_stats,
+            "best_checkpoint": self._best_checkpoint,
+            "saved_model_name": os.path.basename(self.saved_model_file),
+            "rng": checkpoint.rng_state(self._loaders),
+        }
+        checkpoint.atomic_save(state, self.last_checkpoint_file)
+
+    def resume_from(self, path, state):
+        """Continue the run whose resume state ``state`` was read from ``path`` (see
+        :func:`checkpoint.resume_state`): the model (built with the state's semantic IDs),
+        optimiser, scheduler, early stopping, figures and best checkpoint now are the
+        interrupted run's after its last completed epoch; the random states follow when
+        :meth:`fit` gets the data loaders."""
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state.get("other_parameter"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = state["epoch"] + 1
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.train_loss_dict = dict(state["train_loss_dict"])
+        self.epoch_stats = list(state["epoch_stats"])
+        self.valid_stats = list(state["valid_stats"])
+        self.finished = state["finished"]
+        self._rng_to_restore = state["rng"]
+        self.last_checkpoint_file = path
+        if state["saved"]:  # the run keeps its best checkpoint, as it was after that epoch
+            folder = os.path.dirname(os.path.abspath(path))
+            self.saved_model_file = os.path.join(folder, state["saved_model_name"])
+            self._best_checkpoint = state["best_checkpoint"]
+            if self._best_checkpoint is not None:
+                checkpoint.atomic_save(self._best_checkpoint, self.saved_model_file)
+            elif os.path.exists(self.saved_model_file):  # written after the resume state
+                os.remove(self.saved_model_file)
+        self.logger.info(
+            f"Resuming {path}: epoch {state['epoch']} was the last completed, "
+            + ("training was over" if self.finished else f"training goes on at epoch {self.start_epoch}")
+        )
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's best-model checkpoint, written atomically; a CPU copy of it goes into the
+        resume state, so that a resumed run tests the best epoch's weights."""
+        if self.global_rank != 0:  # one writer, also when several machines share a folder
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        checkpoint.atomic_save(state, saved_model_file)
+        if self.last_checkpoint_file is not None and saved_model_file == self.saved_model_file:
+            self._best_checkpoint = checkpoint.to_cpu(state)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    # ---- figures ------------------------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # Epoch ``epoch_idx - 1`` is complete (validated, early stopping updated) when the next
+        # one starts: its resume state is written now, outside the timed window; the last
+        # epoch's when fit() ends.
+        if epoch_idx > self.start_epoch:
+            self._write_last_checkpoint(epoch_idx - 1)
         base_loss = loss_func or self.model.calculate_loss
         stats = {"epoch": epoch_idx, "steps": 0, "tokens": 0, "token_slots": 0}
 
@@ -127,10 +308,11 @@ class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
             stats["token_slots"] += count_token_slots(self.model, interaction)
             return base_loss(interaction)
 
-        start = perf_counter()
+        start, start_cpu = perf_counter(), process_time()
         with PeakMemory(self.device) as memory:
             losses = super()._train_epoch(train_data, epoch_idx, counted_loss, show_progress)
         stats["seconds"] = perf_counter() - start
+        stats["cpu_seconds"] = process_time() - start_cpu
         stats["tokens_per_second"] = stats["tokens"] / max(stats["seconds"], 1e-9)
         stats["peak_memory_mb"] = memory.peak_mb
         stats.update(model_epoch_stats(self.model))
@@ -143,6 +325,19 @@ class Trainer(DistributedTrainerMixin, CheckpointLoadingMixin, RecBoleTrainer):
         (its beam scores still add up in float32)."""
         with torch.autocast(device_type=self.device.type, enabled=bool(self.enable_amp)):
             return super().evaluate(*args, **kwargs)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start, start_cpu = perf_counter(), process_time()
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_stats.append({
+            "epoch": self.epoch_stats[-1]["epoch"] if self.epoch_stats else None,
+            # training seconds of the epochs so far: the x of a validation curve
+            "train_seconds": sum(s["seconds"] for s in self.epoch_stats),
+            "seconds": perf_counter() - start,
+            "cpu_seconds": process_time() - start_cpu,
+            "result": dict(result),
+        })
+        return score, result
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         output = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)

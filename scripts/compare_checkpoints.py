@@ -9,7 +9,7 @@ evaluator's), the mean per-user difference A - B, its standard error and their r
 
 Pairing removes what the users have in common (hard users are hard for both), so the standard
 error of the difference is smaller than either model's own. ``--exclude_seen=True`` or
-``False`` sets that decoding key on both SID models (default: each as saved).
+``False`` sets the history mask of both models, any model (default: each as saved).
 
 Several pairs of runs (seeds, say) pool into one figure: ``A1 B1 A2 B2 ...``. Each pair gets
 its table, then the pooled one: A's and B's figures averaged over the runs, and each user's
@@ -28,9 +28,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from recbole_semprune.analysis import (  # noqa: E402
-    paired_difference, per_user_metrics, target_positions, topk_list,
+    paired_difference, per_user_metrics, set_exclude_seen, target_positions, topk_list,
 )
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
+from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
 
 
 class CompareError(ValueError):
@@ -41,12 +42,11 @@ def ranked_users(model_file, split, exclude_seen):
     """``(model name, topk, positions [N], user ids [N])`` of one checkpoint, rows by user id."""
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
     if exclude_seen is not None:
-        if not hasattr(model, "exclude_seen"):
-            raise CompareError(f"{type(model).__name__} has no exclude_seen (SID models only)")
-        model.exclude_seen = exclude_seen
+        set_exclude_seen(model, config, exclude_seen)
     topk = topk_list(config)
+    data = valid_data if split == "valid" else test_data
     with torch.no_grad():
-        position, _, users = target_positions(model.eval(), valid_data if split == "valid" else test_data, max(topk))
+        position, _, users = target_positions(model.eval(), data, max(topk), read_exclude_seen(config))
     order = torch.argsort(users)
     return config["model"], topk, position[order], users[order]
 
@@ -113,7 +113,7 @@ def main(argv=None):
                              "more pairs (e.g. other seeds) are pooled")
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
-                        help="set exclude_seen on both models (default: as saved)")
+                        help="set the history mask exclude_seen of both models (default: as saved)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if len(args.checkpoints) % 2:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Re-evaluate a saved SID checkpoint under inference-only settings: one table row per variant.
+"""Re-evaluate a saved checkpoint under inference-only settings: one table row per variant.
 
 The weights stay the checkpoint's; only what decoding does changes, so the rows compare
 settings on one trained model (no retraining noise). Each row is RecBole's evaluator on the
@@ -32,13 +32,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from recbole_semprune.analysis import per_user_metrics, target_positions, topk_list  # noqa: E402
+from recbole_semprune.analysis import (  # noqa: E402
+    per_user_metrics, set_exclude_seen, target_positions, topk_list,
+)
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
+from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
 # key -> (type, what it changes); every one is read at decoding time only
 INFERENCE_KEYS = {
-    "exclude_seen": (bool, "never generate an item of the input history"),
+    "exclude_seen": (bool, "rank no item of the input history (every model; SID models: not in the beam)"),
     "beam_size": (int, "beams of the constrained beam search"),
     "memory_mode": (str, "Rec2PM's memory at inference: overwrite or append"),
 }
@@ -68,9 +71,10 @@ def parse_variant(text):
 
 
 def apply_variant(model, config, settings):
-    """Sets each key on the model (and the config the evaluator reads), checking its value."""
+    """Sets each key on the model (and the config the evaluator reads), checking its value;
+    ``exclude_seen`` is every model's (the trainer's history mask)."""
     for key, value in settings.items():
-        if not hasattr(model, key):
+        if key != "exclude_seen" and not hasattr(model, key):
             raise VariantError(f"{type(model).__name__} has no {key!r}")
     if "memory_mode" in settings:
         from recbole_semprune.model.rec2pm import MEMORY_MODES
@@ -81,8 +85,11 @@ def apply_variant(model, config, settings):
     if "beam_size" in settings and settings["beam_size"] < max(topk):
         raise VariantError(f"beam_size must be >= the largest topk ({max(topk)})")
     for key, value in settings.items():
-        setattr(model, key, value)
-        config[key] = value
+        if key == "exclude_seen":
+            set_exclude_seen(model, config, value)
+        else:
+            setattr(model, key, value)
+            config[key] = value
 
 
 def parse_groups(text):
@@ -121,6 +128,7 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
     bounds = parse_groups(length_groups) if length_groups else None
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
     saved = {key: getattr(model, key) for key in INFERENCE_KEYS if hasattr(model, key)}
+    saved["exclude_seen"] = read_exclude_seen(config)  # every model's, in its config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     data = valid_data if split == "valid" else test_data
     rows = []
@@ -134,7 +142,9 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         if bounds:
             topk = topk_list(config)
             with torch.no_grad():
-                position, length, _ = target_positions(model.eval(), data, max(topk))
+                position, length, _ = target_positions(
+                    model.eval(), data, max(topk), read_exclude_seen(config)
+                )
             groups = metrics_by_length(position, length, bounds, topk)
         rows.append((text or "(as saved)", seconds, result, groups))
     return rows

@@ -361,6 +361,46 @@ def test_resume_reuses_finished_models_with_the_same_settings(tmp_path):
     assert status == 0 and "SASRec: finished" not in stderr
 
 
+def test_resume_continues_an_interrupted_model_from_its_last_epoch(tmp_path, monkeypatch):
+    """A model stopped after its epoch 1 (of 3) goes on at epoch 2 with ``--resume``: the same
+    test metrics and validation curve as an uninterrupted benchmark, epochs 0 and 1 not
+    trained again; the resume state is removed with the result."""
+    from recbole_semprune.trainer import Trainer
+
+    config = tiny_dataset(tmp_path / "data")
+    argv = ["--models=SASRec", *tiny_flags(tmp_path, config), "--epochs=3", "--valid",
+            "--in_process"]
+    status, _, stderr = run_main(argv + [f"--output={tmp_path / 'whole'}"], tmp_path)
+    assert status == 0, stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "SASRec" / "result.json").read_text())
+    assert not (tmp_path / "whole" / "SASRec" / "last.pth").exists()
+
+    out = tmp_path / "out"
+    write = Trainer._write_last_checkpoint
+
+    def stop_after_epoch_1(self, epoch):
+        write(self, epoch)
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_write_last_checkpoint", stop_after_epoch_1)
+        status, _, stderr = run_main(argv + [f"--output={out}"], tmp_path)
+    assert status == 1 and "interrupted" in stderr
+    assert (out / "SASRec" / "last.pth").exists()
+
+    status, stdout, stderr = run_main(argv + [f"--output={out}", "--resume"], tmp_path)
+    assert status == 0, stderr[-3000:]
+    assert "SASRec: resumed from its last completed epoch" in stderr
+    assert "progress: epoch 3/3" in stdout and "progress: epoch 2/3" not in stdout
+    resumed = json.loads((out / "SASRec" / "result.json").read_text())
+    assert resumed["resumed_at_epoch"] == 2
+    assert [s["epoch"] for s in resumed["epoch_stats"]] == [0, 1, 2]
+    assert resumed["test_result"] == whole["test_result"]
+    assert [v["result"] for v in resumed["valid_curve"]] == [v["result"] for v in whole["valid_curve"]]
+    assert not (out / "SASRec" / "last.pth").exists()
+
+
 def test_resume_needs_the_output_folder(tmp_path):
     config = tiny_dataset(tmp_path / "data")
     status, _, stderr = run_main(

@@ -38,7 +38,8 @@ latency mode (recbole_semprune/benchmark/latency.py; with a budget, after the tr
   --latency  --latency_lengths=50,200,500,1000,2000  --latency_repeats=3  --latency_k=10
 """
 # Keys every model must share (one protocol) or that the benchmark sets itself.
-PROTOCOL_KEYS = ("dataset", "data_path", "seed", "eval_args", "metrics", "topk", "reproducibility")
+PROTOCOL_KEYS = ("dataset", "data_path", "seed", "eval_args", "metrics", "topk", "reproducibility",
+                 "exclude_seen")
 BENCHMARK_KEYS = {
     "model": "use --models",
     "epochs": "use --epochs or --max_steps",
@@ -53,11 +54,13 @@ REPORT_KEYS = [
     "eval_batch_size",
     "learning_rate",
     "MAX_ITEM_LIST_LENGTH",
+    "exclude_seen",
     "hidden_size",
     "n_layers",
     "n_heads",
 ]
 OUTPUT_TAIL_LINES = 25
+LAST_CHECKPOINT_FILE = "last.pth"
 _EXTRA = re.compile(r"^--([A-Za-z_][\w-]*)(?:\.([A-Za-z_][\w-]*))?=(.*)$", re.S)
 
 
@@ -124,8 +127,9 @@ def build_parser():
     )
     parser.add_argument(
         "--resume", action="store_true",
-        help="reuse the models that already finished in --output with the very same settings "
-             "(an interrupted run goes on where it stopped); the others run again",
+        help="reuse the models that already finished in --output with the very same settings, "
+             "continue a model interrupted there from its last completed epoch, run the others "
+             "(an interrupted benchmark goes on where it stopped)",
     )
     parser.add_argument(
         "--config_files", default=None, metavar='"A.yaml B.yaml"',
@@ -226,6 +230,8 @@ def model_spec(args, model, global_overrides, model_overrides, model_dir):
         "report_keys": REPORT_KEYS,
         "init_logger": not args.in_process,
         "result_path": os.path.abspath(os.path.join(model_dir, "result.json")),
+        # the trainer's resume state, written after every epoch (removed with the result)
+        "last_checkpoint": os.path.abspath(os.path.join(model_dir, LAST_CHECKPOINT_FILE)),
     }
 
 
@@ -343,7 +349,7 @@ def run_subprocess(spec, model_dir, echo=True):
 
 
 def run_in_process(spec, model_dir):
-    from recbole_semprune.benchmark.worker import TRAINED_FILE, run_model, write_json
+    from recbole_semprune.benchmark.worker import TRAINED_FILE, finish, run_model, write_json
 
     trained = []
 
@@ -359,7 +365,7 @@ def run_in_process(spec, model_dir):
             f.write(trace)
         reason = f"{type(error).__name__}: {error}"
         return _failed(spec["model"], reason, _tail(trace), trained[0] if trained else None)
-    write_json(spec["result_path"], result)
+    finish(spec, result)
     return result
 
 
@@ -417,6 +423,7 @@ def run_benchmark(argv):
         "baseline": args.baseline,
         "budget": specs[0]["budget"],
         "eval_max_users": args.eval_max_users,
+        "exclude_seen": first_config["exclude_seen"],
         "valid": args.valid,
         "threads": args.threads,
         "seed": first_config["seed"],
@@ -437,6 +444,9 @@ def run_benchmark(argv):
         model = spec["model"]
         model_dir = model_dirs[model]
         finished = _finished_result(spec, model_dir) if args.resume else None
+        resumable = args.resume and _same_spec(spec, model_dir) and os.path.exists(
+            spec["last_checkpoint"]
+        )
         if finished is not None:
             logger.info("[%d/%d] %s: finished in an earlier run with the same settings, reused",
                         index, len(specs), model)
@@ -458,10 +468,14 @@ def run_benchmark(argv):
                 f,
                 indent=2,
             )
-        for stale in (spec["result_path"], os.path.join(model_dir, TRAINED_FILE)):
-            if os.path.exists(stale):
-                os.remove(stale)
-        logger.info("[%d/%d] %s", index, len(specs), model)
+        stale = [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)]
+        if not resumable:
+            stale.append(spec["last_checkpoint"])
+        for path in stale:
+            if os.path.exists(path):
+                os.remove(path)
+        logger.info("[%d/%d] %s%s", index, len(specs), model,
+                    ": resumed from its last completed epoch" if resumable else "")
         row = (
             run_in_process(spec, model_dir)
             if args.in_process
@@ -495,19 +509,26 @@ def run_benchmark(argv):
     return (1 if failed else 0), output, rows
 
 
+def _same_spec(spec, model_dir):
+    """Whether the earlier run in ``model_dir`` was asked to run exactly ``spec``."""
+    try:
+        with open(os.path.join(model_dir, "spec.json"), encoding="utf-8") as f:
+            return json.load(f) == json.loads(json.dumps(spec))
+    except (OSError, ValueError):
+        return False
+
+
 def _finished_result(spec, model_dir):
     """The result of an earlier run of exactly ``spec`` in ``model_dir`` that finished, else
     None (no result, a failed one, or other settings)."""
+    if not _same_spec(spec, model_dir):
+        return None
     try:
-        with open(os.path.join(model_dir, "spec.json"), encoding="utf-8") as f:
-            earlier_spec = json.load(f)
         with open(spec["result_path"], encoding="utf-8") as f:
             result = json.load(f)
     except (OSError, ValueError):
         return None
-    if earlier_spec != json.loads(json.dumps(spec)) or result.get("status") != "ok":
-        return None
-    return result
+    return result if result.get("status") == "ok" else None
 
 
 def write_tables(output, meta, rows):

@@ -202,14 +202,17 @@ def _budget_line(meta):
 def _eval_line(meta, rows):
     ok = [r for r in rows if r.get("status") == "ok"]
     total = ok[0]["eval_users_total"] if ok else None
+    mask = meta.get("exclude_seen")
+    mask = "" if mask is None else f"; history mask `exclude_seen: {mask}` (every model)"
     if meta.get("eval_max_users"):
         used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
         of = f" of {total:,}" if total else ""
         return (
             f"test split, full ranking, the first {used:,}{of} users of the test loader "
             f"(`--eval_max_users={meta['eval_max_users']}`; the same users for every model)"
+            + mask
         )
-    return "test split, full ranking, all " + (f"{total:,} " if total else "") + "test users"
+    return "test split, full ranking, all " + (f"{total:,} " if total else "") + "test users" + mask
 
 
 def markdown_report(meta, rows):

@@ -11,8 +11,13 @@ where peak memory is that of the shared process.
 The model, dataset, splits and trainer are built exactly as a run builds them
 (:func:`recbole_semprune.quick_start._build`), and training goes through the trainer's own
 ``fit``: the benchmark only bounds the budget (a train loader cut to ``max_steps`` batches, or
-``epochs`` full epochs), switches off checkpoints and early stopping, and reads the figures the
-plugin :class:`~recbole_semprune.trainer.Trainer` records per epoch (``epoch_stats``).
+``epochs`` full epochs), switches off the best-model checkpoint and early stopping, and reads
+the figures the plugin :class:`~recbole_semprune.trainer.Trainer` records per epoch
+(``epoch_stats``) and per validation (``valid_stats``).
+
+The trainer writes its resume state to ``spec["last_checkpoint"]`` after every epoch; a worker
+that finds that file continues the interrupted model from it (the parent removes it unless
+``--resume`` asks for that), and :func:`finish` removes it once the result is written.
 """
 
 import contextlib
@@ -22,7 +27,7 @@ import os
 import platform
 import sys
 import warnings
-from time import perf_counter, process_time
+from time import perf_counter
 
 import numpy as np
 import torch
@@ -72,12 +77,12 @@ class ProgressLoader:
     end of each pass): ``progress: epoch E, step K/N, S s/step, ETA T`` for the whole budget.
     The benchmark echoes worker output with the model's name, so this is its live display."""
 
-    def __init__(self, loader, epochs, every_seconds=30.0, out=None):
+    def __init__(self, loader, epochs, every_seconds=30.0, out=None, start_epoch=0):
         self.loader = loader
         self.epochs = epochs
         self.every_seconds = every_seconds
         self.out = out
-        self.epoch = 0
+        self.epoch = self.start_epoch = start_epoch  # a resumed run starts further on
         self.started = None
 
     def __iter__(self):
@@ -90,7 +95,7 @@ class ProgressLoader:
             if now - last >= self.every_seconds or step == len(self.loader):
                 last = now
                 done = self.epoch * len(self.loader) + step
-                per_step = (now - self.started) / done
+                per_step = (now - self.started) / (done - self.start_epoch * len(self.loader))
                 print(
                     f"progress: epoch {self.epoch + 1}/{self.epochs}, step {step}/"
                     f"{len(self.loader)}, {per_step:.2f} s/step (wall, evaluation included), "
@@ -234,16 +239,21 @@ def run_model(spec, on_trained=None):
 def _run_model(spec, budget, on_trained):
     from recbole.utils import init_logger, init_seed
 
+    from recbole_semprune.checkpoint import load_resume_state
     from recbole_semprune.quick_start import _build
     from recbole_semprune.trainer import PeakMemory
 
     config = build_config(spec)
     if spec.get("init_logger"):
         init_logger(config)
+    last_file = spec.get("last_checkpoint")
+    resume = None
+    if last_file and os.path.exists(last_file):  # an interrupted run of this very spec
+        resume = (last_file, load_resume_state(last_file, config))
     init_seed(config["seed"], config["reproducibility"])
 
     start = perf_counter()
-    _, train_data, valid_data, test_data, model, trainer = _build(config)
+    _, train_data, valid_data, test_data, model, trainer = _build(config, resume=resume)
     build_seconds = perf_counter() - start
     if not hasattr(trainer, "epoch_stats"):
         raise RuntimeError(
@@ -257,35 +267,16 @@ def _run_model(spec, budget, on_trained):
         epochs, loader = int(budget["value"]), train_data
     else:
         epochs, loader = 1, StepBudgetLoader(train_data, int(budget["value"]))
-    loader = ProgressLoader(loader, epochs)
+    loader = ProgressLoader(loader, epochs, start_epoch=trainer.start_epoch)
     # a fixed budget: every epoch trains, validation (if asked) never stops the run early
     trainer.epochs = epochs
     trainer.stopping_step = epochs + 1
     trainer.eval_step = 1
-    validations = []
-    if spec.get("valid"):
-        valid_epoch = trainer._valid_epoch
-
-        def timed_valid_epoch(valid_data, show_progress=False):
-            begin, begin_cpu = perf_counter(), process_time()
-            score, result = valid_epoch(valid_data, show_progress=show_progress)
-            validations.append({
-                "epoch": len(trainer.epoch_stats) - 1,
-                # training seconds of the epochs so far: the x of the validation curve
-                "train_seconds": sum(s["seconds"] for s in trainer.epoch_stats),
-                "seconds": perf_counter() - begin,
-                "cpu_seconds": process_time() - begin_cpu,
-                "result": dict(result),
-            })
-            return score, result
-
-        trainer._valid_epoch = timed_valid_epoch
+    trainer.last_checkpoint_file = last_file
 
     with PeakMemory(config["device"]) as before:  # an empty window: memory held before training
         pass
-    # CPU time of this process (all its threads) while training: unlike wall time it does not
-    # grow while other processes hold the CPU, so it compares models better on a shared machine
-    begin_cpu, load_start = process_time(), _load_average()
+    load_start = _load_average()
     trainer.fit(
         loader,
         valid_data if spec.get("valid") else None,
@@ -293,12 +284,15 @@ def _run_model(spec, budget, on_trained):
         saved=False,
         show_progress=config["show_progress"],
     )
-    train_cpu_seconds = process_time() - begin_cpu - sum(v["cpu_seconds"] for v in validations)
     load_end = _load_average()
+    validations = trainer.valid_stats
     stats = [dict(s) for s in trainer.epoch_stats]
     if not stats:
         raise RuntimeError(f"{spec['model']}: the trainer ran no training epoch")
     figures = _epoch_figures(stats, budget, steps_per_epoch)
+    # CPU time of this process (all its threads) while training: unlike wall time it does not
+    # grow while other processes hold the CPU, so it compares models better on a shared machine
+    train_cpu_seconds = sum(s["cpu_seconds"] for s in stats)
     figures["train_cpu_seconds"] = train_cpu_seconds
     figures.update(utilisation(model, train_data, figures, config["device"], spec.get("flop_batches", 4)))
     figures["train_cpu_seconds_per_step"] = train_cpu_seconds / figures["train_steps"]
@@ -336,6 +330,7 @@ def _run_model(spec, budget, on_trained):
         "trainer": f"{type(trainer).__module__}.{type(trainer).__name__}",
         "valid_metric": str(config["valid_metric"]).lower(),
         "config": {key: _jsonable(config[key]) for key in sorted(reported_keys) if key in config},
+        "resumed_at_epoch": trainer.start_epoch if resume else None,
     }
     if validations:
         result["valid_seconds"] = sum(v["seconds"] for v in validations)
@@ -453,8 +448,16 @@ def main(argv=None):
         return 2
     trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
     result = run_model(spec, on_trained=lambda partial: write_json(trained_path, partial))
-    write_json(spec["result_path"], result)
+    finish(spec, result)
     return 0
+
+
+def finish(spec, result):
+    """Writes the model's result, then removes its resume state (nothing left to resume)."""
+    write_json(spec["result_path"], result)
+    last_file = spec.get("last_checkpoint")
+    if last_file and os.path.exists(last_file):
+        os.remove(last_file)
 
 
 def write_json(path, data):
