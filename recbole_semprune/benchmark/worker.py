@@ -382,32 +382,38 @@ def training_flops(model, batches):
 
 
 def matmul_flops_per_second(device, size=2048, seconds=2.0):
-    """The machine's own dense float32 matmul rate (``size`` x ``size`` products, same threads
-    as the model), the denominator of the utilisation column."""
+    """The machine's own dense float32 matmul rate (``size`` x ``size`` products, the model's
+    threads), the denominator of the utilisation column. On CPU it is per CPU second of this
+    process (like the model's rate), so other processes holding the cores do not lower it."""
     device = torch.device(device)
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = device.type == "cuda"
+    clock = perf_counter if cuda else process_time
     torch.mm(a, b)
-    sync()
-    runs, begin = 0, perf_counter()
-    while perf_counter() - begin < seconds:
+    if cuda:
+        torch.cuda.synchronize(device)
+    runs, begin, wall = 0, clock(), perf_counter()
+    while perf_counter() - wall < seconds:
         torch.mm(a, b)
         runs += 1
-    sync()
-    return 2 * size**3 * runs / (perf_counter() - begin)
+    if cuda:
+        torch.cuda.synchronize(device)
+    return 2 * size**3 * runs / (clock() - begin)
 
 
 def utilisation(model, train_data, figures, device, n_batches=4):
-    """How close training ran to the machine's limit: model FLOPs per training second (the
-    mean FLOPs of ``n_batches`` training batches drawn from the loader, times the steps taken,
-    over the training seconds), the dense matmul rate measured now, and their ratio."""
+    """How close training ran to the machine's limit: the model's FLOPs per training second
+    (the mean FLOPs of ``n_batches`` training batches drawn from the loader, times the steps
+    taken, over the training time: CPU seconds of this process on CPU, wall seconds on GPU),
+    the dense matmul rate measured the same way now, and their ratio."""
     batches = []
     for batch in train_data:
         batches.append(batch.to(device))
         if len(batches) == n_batches:
             break
     per_step = float(np.mean(training_flops(model, batches)))
-    model_rate = per_step * figures["train_steps"] / figures["train_seconds"]
+    seconds = figures["train_seconds" if torch.device(device).type == "cuda" else "train_cpu_seconds"]
+    model_rate = per_step * figures["train_steps"] / seconds
     matmul_rate = matmul_flops_per_second(device)
     return {
         "flops_per_step": per_step,
