@@ -75,3 +75,17 @@ def paired_difference(a, b):
     n = len(diff)
     se = float(diff.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
     return float(diff.mean()), se
+
+
+def pooled_difference(pairs):
+    """Rows ``(metric, A, B, A - B, standard error)`` of runs paired as ``[(metrics A, metrics B),
+    ...]`` (one pair per seed, each a :func:`per_user_metrics` dict over the same users in the
+    same order): each user's figure is averaged over the pairs first, so a user's results in
+    several seeds are not counted as independent users."""
+    rows = []
+    for metric in pairs[0][0]:
+        a = torch.stack([pair[0][metric] for pair in pairs]).mean(0)
+        b = torch.stack([pair[1][metric] for pair in pairs]).mean(0)
+        diff, se = paired_difference(a, b)
+        rows.append((metric, float(a.mean()), float(b.mean()), diff, se))
+    return rows

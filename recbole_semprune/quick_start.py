@@ -111,6 +111,9 @@ def run_recbole_semprune(
         "test_result": test_result,
         "saved_model_file": trainer.saved_model_file if saved else None,
     }
+    for key in ("epoch_stats", "valid_stats"):  # the plugin trainer's figures per epoch
+        if hasattr(trainer, key):
+            result[key] = [dict(stats) for stats in getattr(trainer, key)]
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:

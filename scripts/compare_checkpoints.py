@@ -28,7 +28,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from recbole_semprune.analysis import (  # noqa: E402
-    paired_difference, per_user_metrics, set_exclude_seen, target_positions, topk_list,
+    per_user_metrics, pooled_difference, set_exclude_seen, target_positions, topk_list,
 )
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
@@ -84,13 +84,7 @@ def _result(runs, metrics, users):
     names = ["/".join(dict.fromkeys(run[side][0] for run in runs)) for side in (0, 1)]
     if len(runs) > 1:
         names = [f"{name} ({len(runs)} runs)" for name in names]
-    rows = []
-    for metric in metrics[0][0]:
-        a = torch.stack([m[0][metric] for m in metrics]).mean(0)
-        b = torch.stack([m[1][metric] for m in metrics]).mean(0)
-        diff, se = paired_difference(a, b)
-        rows.append((metric, float(a.mean()), float(b.mean()), diff, se))
-    return names[0], names[1], len(users), rows
+    return names[0], names[1], len(users), pooled_difference(metrics)
 
 
 def markdown(name_a, name_b, users, rows):

@@ -1,0 +1,385 @@
+"""Results mode: models trained to early stopping under one protocol, several seeds each.
+
+    python -m recbole_semprune.benchmark.results --dataset=amazon-beauty \\
+        --data_path=../shared/datasets --models=SASRec,TIGER,RASTP --seeds=2020,2021,2022 \\
+        --SASRec.seeds=2020 --size_preset=cpu --baseline=TIGER --output=results/amazon-beauty
+
+Every (model, seed) is one run of ``run_recbole_semprune`` (RecBole's early stopping on the
+validation metric, its best checkpoint tested) in a fresh process whose working folder is
+``<output>/<model>/seed-<seed>/`` (its ``log/`` and ``saved/`` are there). A run writes
+``result.json`` and ``positions.csv`` (each test user's target position with the history mask
+off and on) when it is done; the command is resumable per run and within one: a finished run is
+skipped while its settings are unchanged, an interrupted one continues from its last completed
+epoch (``resume``, :mod:`recbole_semprune.checkpoint`). After every run the tables are
+rewritten (``results.md``, ``results.csv``, ``results.json``, ``results.png``):
+
+- per model, test metrics as mean +- standard error over its seeds, with the history mask off
+  (the protocol) and on (``exclude_seen``: no item of the history is ranked; a decoding-only
+  setting, evaluated on the same checkpoints), epochs and training seconds to the best
+  validation epoch, seconds per epoch and peak memory;
+- paired per-user differences against ``--baseline`` over the seeds both ran
+  (:func:`recbole_semprune.analysis.pooled_difference`);
+- test NDCG@10 against training seconds to the best epoch (``results.png``).
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import OrderedDict
+
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+MASKS = ("off", "on")
+RESULT_FILE, POSITIONS_FILE, SPEC_FILE = "result.json", "positions.csv", "spec.json"
+_OVERRIDE = re.compile(r"^--(?:([A-Za-z_][\w-]*)\.)?([A-Za-z_]\w*)=(.*)$")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m recbole_semprune.benchmark.results",
+                                     description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--models", required=True, help="MODEL or LABEL=MODEL, comma-separated")
+    parser.add_argument("--seeds", default="2020,2021,2022", help="seeds of every model")
+    parser.add_argument("--baseline", default=None, help="model of the paired comparisons")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each run")
+    parser.add_argument("--only", default=None, help="run only these models (the tables keep all)")
+    args, extra = parser.parse_known_args(argv)
+    args.model_classes = OrderedDict()
+    for entry in filter(None, (m.strip() for m in args.models.split(","))):
+        label, _, model = entry.rpartition("=")
+        args.model_classes[label or model] = model
+    labels = list(args.model_classes)
+    args.baseline = args.baseline or labels[0]
+    if args.baseline not in labels:
+        parser.error(f"--baseline={args.baseline} is not one of --models ({', '.join(labels)})")
+    overrides = {label: OrderedDict() for label in labels}
+    shared, seeds = OrderedDict(), {label: args.seeds for label in labels}
+    for arg in extra:
+        match = _OVERRIDE.match(arg)
+        if not match or (match.group(1) and match.group(1) not in overrides):
+            parser.error(f"unrecognized argument {arg!r}: write --key=value or --MODEL.key=value "
+                         f"with MODEL one of {', '.join(labels)}")
+        label, key, value = match.groups()
+        if key == "seed":
+            parser.error("seeds are set with --seeds (or --MODEL.seeds)")
+        if key == "seeds":
+            for target in [label] if label else labels:
+                seeds[target] = value
+        else:
+            (overrides[label] if label else shared)[key] = value
+    try:
+        args.seeds = {label: [int(s) for s in value.split(",") if s.strip()]
+                      for label, value in seeds.items()}
+    except ValueError:
+        parser.error("seeds are integers separated by commas, e.g. --seeds=2020,2021,2022")
+    args.only = labels if args.only is None else [m.strip() for m in args.only.split(",")]
+    unknown = sorted(set(args.only) - set(labels))
+    if unknown:
+        parser.error(f"--only names {', '.join(unknown)}, not in --models")
+    return args, shared, overrides
+
+
+def run_spec(args, label, seed, shared, overrides):
+    """What one run is: everything that changes its result (compared on resume)."""
+    config_dict = OrderedDict(shared)
+    config_dict.update(overrides[label])
+    if args.data_path is not None:
+        config_dict["data_path"] = os.path.abspath(args.data_path)
+    return {"model": label, "model_class": args.model_classes[label], "dataset": args.dataset,
+            "seed": seed, "config": dict(config_dict)}
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, data):
+    from recbole_semprune.benchmark.worker import write_json
+
+    write_json(path, data)
+
+
+def run_one(spec, folder, threads=None):
+    """Train, test and rank one (model, seed) in ``folder`` (this process's working folder):
+    writes ``positions.csv``, then ``result.json``."""
+    import torch
+    from recbole.utils import init_seed
+
+    from recbole_semprune.analysis import set_exclude_seen, target_positions, topk_list
+    from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
+
+    if threads:
+        torch.set_num_threads(threads)
+    os.chdir(folder)
+    saved = os.path.join(folder, "saved")
+    resume = os.path.isdir(saved) and any(name.endswith("-last.pth") for name in os.listdir(saved))
+    config_dict = {**_typed(spec["config"]), "seed": spec["seed"], "checkpoint_dir": saved,
+                   "resume": resume, "show_progress": False}
+    sys.argv = [sys.argv[0]]  # RecBole's Config reads the command line
+    result = run_recbole_semprune(spec["model_class"], spec["dataset"], config_dict=config_dict)
+    config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    kmax = max(topk_list(config))
+    columns = {}
+    for mask in MASKS:
+        set_exclude_seen(model, config, mask == "on")
+        init_seed(config["seed"], config["reproducibility"])
+        with torch.no_grad():
+            position, _, users = target_positions(model.eval(), test_data, kmax, mask == "on")
+        columns[mask] = dict(zip(users.tolist(), position.tolist()))
+    users = sorted(columns["off"])
+    with open(POSITIONS_FILE + ".tmp", "w", encoding="utf-8") as f:
+        f.write("user_id\tposition_off\tposition_on\n")
+        f.writelines(f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\n" for u in users)
+    os.replace(POSITIONS_FILE + ".tmp", POSITIONS_FILE)
+    stats = {key: result[key] for key in ("epoch_stats", "valid_stats") if key in result}
+    _write_json(RESULT_FILE, {
+        "spec": spec,
+        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "kmax": kmax,
+        "valid_metric": str(config["valid_metric"]).lower(),
+        **stats,
+    })
+
+
+def _typed(config):
+    """Command-line values as RecBole reads them (``--epochs=5`` -> 5, ``[5,10]`` -> a list)."""
+    import ast
+
+    out = {}
+    for key, value in config.items():
+        try:
+            out[key] = ast.literal_eval(value) if isinstance(value, str) else value
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def summarise(result, positions):
+    """One run's figures: test metrics with the mask off / on (from the per-user positions, the
+    figures RecBole's evaluator averages), the best validation epoch, training epochs and
+    seconds up to it, seconds per epoch, peak memory."""
+    from recbole_semprune.analysis import per_user_metrics
+
+    figures = {}
+    for mask in MASKS:
+        values = per_user_metrics(positions[mask], [5, 10])
+        figures.update({f"{name}_mask_{mask}": float(values[name].mean()) for name in METRICS})
+    epochs = result.get("epoch_stats") or []
+    valids = result.get("valid_stats") or []
+    metric = result.get("valid_metric")
+    scored = [v for v in valids if metric in v["result"]]
+    # RecBole keeps the first epoch that reached the best score
+    best = max(scored, key=lambda v: float(v["result"][metric]), default=None)
+    best_epoch = None if best is None else best["epoch"]
+    seconds = [e["seconds"] for e in epochs]
+    figures.update({
+        "epochs": len(epochs),
+        "best_epoch": best_epoch,
+        "seconds_to_best": sum(e["seconds"] for e in epochs
+                               if best_epoch is not None and e["epoch"] <= best_epoch),
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else math.nan,
+        "peak_memory_mb": max((e["peak_memory_mb"] for e in epochs), default=math.nan),
+    })
+    return figures
+
+
+def read_positions(path):
+    import torch
+
+    with open(path, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    users = torch.tensor([int(r["user_id"]) for r in rows])
+    return users, {mask: torch.tensor([int(r[f"position_{mask}"]) for r in rows]) for mask in MASKS}
+
+
+def mean_se(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def collect(output, labels):
+    """``{label: {seed: (result, users, positions)}}`` of the finished runs."""
+    runs = OrderedDict()
+    for label in labels:
+        runs[label] = OrderedDict()
+        folder = os.path.join(output, label)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            result = _read_json(os.path.join(folder, name, RESULT_FILE))
+            positions = os.path.join(folder, name, POSITIONS_FILE)
+            if result is not None and os.path.isfile(positions):
+                runs[label][result["spec"]["seed"]] = (result, *read_positions(positions))
+    return runs
+
+
+def model_rows(runs):
+    rows = []
+    for label, seeds in runs.items():
+        figures = [summarise(result, positions) for result, _, positions in seeds.values()]
+        row = {"model": label, "seeds": len(figures)}
+        for key in [f"{m}_mask_{mask}" for mask in MASKS for m in METRICS] + [
+                "epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb"]:
+            row[key], row[key + "_se"] = mean_se([f[key] for f in figures])
+        rows.append(row)
+    return rows
+
+
+def paired_rows(runs, baseline):
+    """Per model: its runs paired with the baseline's of the same seed, pooled over the seeds."""
+    import torch
+
+    from recbole_semprune.analysis import per_user_metrics, pooled_difference
+
+    rows = []
+    for label, seeds in runs.items():
+        common = [seed for seed in seeds if seed in runs[baseline]]
+        if label == baseline or not common:
+            continue
+        for mask in MASKS:
+            pairs = []
+            for seed in common:
+                (_, users_a, pos_a), (_, users_b, pos_b) = seeds[seed], runs[baseline][seed]
+                if not torch.equal(users_a, users_b):
+                    raise ValueError(f"{label} and {baseline} (seed {seed}) ranked other test users")
+                pairs.append((per_user_metrics(pos_a[mask], [5, 10]),
+                              per_user_metrics(pos_b[mask], [5, 10])))
+            for metric, a, b, diff, se in pooled_difference(pairs):
+                if metric in ("ndcg@10", "recall@10"):
+                    rows.append({"model": label, "mask": mask, "seeds": len(common),
+                                 "metric": metric, "model_value": a, "baseline_value": b,
+                                 "difference": diff, "se": se})
+    return rows
+
+
+def _cell(mean, se, digits=4):
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + ("" if not math.isfinite(se) else f" ± {se:.{digits}f}")
+
+
+def write_tables(output, args, shared, overrides):
+    runs = collect(output, list(args.model_classes))
+    rows, paired = model_rows(runs), paired_rows(runs, args.baseline)
+    command = "python -m recbole_semprune.benchmark.results " + " ".join(args.argv)
+    lines = [f"# Results: {args.dataset}", "", f"- command: `{command}`",
+             "- every run trained to RecBole's early stopping on the validation metric and tested "
+             "on its best epoch; mean ± standard error over the seeds run so far", ""]
+    for mask in MASKS:
+        title = "history mask off (the protocol)" if mask == "off" else \
+            "history mask on (exclude_seen: no history item ranked)"
+        lines += [f"## Test, {title}", "",
+                  "| model | seeds | " + " | ".join(METRICS) + " | best epoch | s to best | s/epoch | peak MB |",
+                  "| --- | ---: |" + " ---: |" * (len(METRICS) + 4)]
+        for row in rows:
+            cells = [_cell(row[f"{m}_mask_{mask}"], row[f"{m}_mask_{mask}_se"]) for m in METRICS]
+            cells += [_cell(row["best_epoch"], row["best_epoch_se"], 1),
+                      _cell(row["seconds_to_best"], row["seconds_to_best_se"], 0),
+                      _cell(row["seconds_per_epoch"], row["seconds_per_epoch_se"], 0),
+                      _cell(row["peak_memory_mb"], row["peak_memory_mb_se"], 0)]
+            lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"## Paired per-user differences against {args.baseline}", "",
+              "Each user's figure averaged over the seeds both ran, then the mean difference and "
+              "its standard error over the users.", "",
+              "| model | mask | seeds | metric | model | baseline | difference | SE | diff / SE |",
+              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in paired:
+        ratio = f"{r['difference'] / r['se']:+.2f}" if r["se"] > 0 else "n/a"
+        lines.append(f"| {r['model']} | {r['mask']} | {r['seeds']} | {r['metric']} | "
+                     f"{r['model_value']:.4f} | {r['baseline_value']:.4f} | {r['difference']:+.4f} | "
+                     f"{r['se']:.4f} | {ratio} |")
+    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    if rows:
+        with open(os.path.join(output, "results.csv"), "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    _write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
+    plot(output, rows)
+    return rows, paired
+
+
+def plot(output, rows):
+    from recbole_semprune.benchmark.report import pyplot, save_figure
+
+    path = os.path.join(output, "results.png")
+    rows = [r for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
+    plt = pyplot(path) if rows else None
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.errorbar(r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"],
+                    yerr=0 if math.isnan(r["ndcg@10_mask_off_se"]) else r["ndcg@10_mask_off_se"],
+                    fmt="o", capsize=3)
+        ax.annotate(r["model"], (r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("training hours to the best validation epoch")
+    ax.set_ylabel("test NDCG@10 (mask off)")
+    save_figure(plt, fig, path)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--run"]:  # one run, in its own process (see run_one)
+        spec = _read_json(argv[1])
+        run_one(spec, os.path.dirname(os.path.abspath(argv[1])), int(argv[2]) if argv[2:] else None)
+        return 0
+    args, shared, overrides = parse_args(argv)
+    args.argv = argv
+    os.makedirs(args.output, exist_ok=True)
+    status = 0
+    for label in args.only:
+        for seed in args.seeds[label]:
+            folder = os.path.join(args.output, label, f"seed-{seed}")
+            os.makedirs(folder, exist_ok=True)
+            spec = run_spec(args, label, seed, shared, overrides)
+            done = _read_json(os.path.join(folder, RESULT_FILE))
+            if done is not None and done["spec"] == spec:
+                print(f"[{label} seed {seed}] done", flush=True)
+                continue
+            old = _read_json(os.path.join(folder, SPEC_FILE))
+            if old is not None and old != spec:  # other settings: start that run again
+                for name in (RESULT_FILE, POSITIONS_FILE):
+                    if os.path.exists(os.path.join(folder, name)):
+                        os.remove(os.path.join(folder, name))
+                saved = os.path.join(folder, "saved")
+                for name in os.listdir(saved) if os.path.isdir(saved) else []:
+                    if name.endswith("-last.pth"):
+                        os.remove(os.path.join(saved, name))
+            _write_json(os.path.join(folder, SPEC_FILE), spec)
+            print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
+            command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
+                       os.path.join(os.path.abspath(folder), SPEC_FILE)]
+            command += [str(args.threads)] if args.threads else []
+            with open(os.path.join(folder, "run.log"), "a", encoding="utf-8") as log:
+                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+            if code:
+                status = 1
+                print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)
+            write_tables(args.output, args, shared, overrides)
+    write_tables(args.output, args, shared, overrides)
+    with open(os.path.join(args.output, "results.md"), encoding="utf-8") as f:
+        print(f.read())
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Results mode of the benchmark: runs to early stopping per (model, seed), tables, pairing."""
+
+import json
+import os
+
+import pytest
+
+from conftest import make_tiny_dataset
+
+from recbole_semprune.benchmark import results
+
+
+def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = make_tiny_dataset(tmp_path / "data")
+    protocol = ["--load_col={'inter': ['user_id', 'item_id', 'timestamp'], 'item': ['item_id', 'title', 'genre']}",
+                "--sid_text_fields=['title', 'genre']", "--MAX_ITEM_LIST_LENGTH=10",
+                "--topk=[5,10]", "--valid_metric=NDCG@10", "--train_neg_sample_args=None", "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'group_by': 'user', 'mode': 'full'}"]
+    argv = ["--dataset=tiny", f"--data_path={data}", "--models=TIGER,SASRec", "--seeds=1,2",
+            "--SASRec.seeds=1", "--output=out", "--baseline=TIGER", "--threads=1",
+            "--epochs=3", "--stopping_step=1", "--hidden_size=16", "--inner_size=32",
+            "--n_layers=1", "--n_heads=2", "--TIGER.n_dec_layers=1", "--TIGER.sid_levels=2",
+            "--TIGER.sid_codebook_size=8", "--TIGER.beam_size=10", "--state=WARNING",
+            "--train_batch_size=256", *protocol]
+    assert results.main(argv) == 0
+    out = tmp_path / "out"
+    for label, seed in (("TIGER", 1), ("TIGER", 2), ("SASRec", 1)):
+        run = json.loads((out / label / f"seed-{seed}" / "result.json").read_text())
+        users, positions = results.read_positions(out / label / f"seed-{seed}" / "positions.csv")
+        figures = results.summarise(run, positions)
+        # the per-user positions give RecBole's own test figures (mask off)
+        # (RecBole rounds to metric_decimal_place=4 decimals)
+        assert figures["ndcg@10_mask_off"] == pytest.approx(run["test_result"]["ndcg@10"], abs=5e-5)
+        assert figures["recall@10_mask_on"] >= 0 and 1 <= figures["epochs"] <= 3
+        assert figures["best_epoch"] is not None and figures["seconds_to_best"] > 0
+        assert not [n for n in os.listdir(out / label / f"seed-{seed}" / "saved") if n.endswith("-last.pth")]
+    table = json.loads((out / "results.json").read_text())
+    rows = {row["model"]: row for row in table["rows"]}
+    assert rows["TIGER"]["seeds"] == 2 and rows["SASRec"]["seeds"] == 1
+    assert rows["TIGER"]["ndcg@10_mask_off_se"] >= 0
+    paired = [r for r in table["paired"] if r["model"] == "SASRec"]
+    assert {(r["mask"], r["metric"]) for r in paired} == {
+        (m, k) for m in ("off", "on") for k in ("ndcg@10", "recall@10")}
+    sasrec = next(r for r in paired if r["mask"] == "off" and r["metric"] == "ndcg@10")
+    assert sasrec["model_value"] == pytest.approx(rows["SASRec"]["ndcg@10_mask_off"])
+    assert sasrec["difference"] == pytest.approx(sasrec["model_value"] - sasrec["baseline_value"])
+    assert "Paired per-user differences against TIGER" in (out / "results.md").read_text()
+    # a second call finds every run done with the same settings and trains nothing
+    capsys.readouterr()
+    assert results.main(argv) == 0
+    assert capsys.readouterr().out.count("] done") == 3
+
+
+def test_results_mode_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--baseline=SASRec"])
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--seed=3"])
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--Foo.hidden_size=3"])
+    args, shared, overrides = results.parse_args(
+        ["--dataset=x", "--models=T=TIGER,SASRec", "--output=o", "--T.seeds=5", "--epochs=2"])
+    assert args.seeds == {"T": [5], "SASRec": [2020, 2021, 2022]}
+    assert shared == {"epochs": "2"} and args.model_classes["T"] == "TIGER"
