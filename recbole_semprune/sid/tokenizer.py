@@ -241,7 +241,8 @@ def _build_semantic_ids(config, dataset):
     quantize_seconds = time.perf_counter() - start - embedding_seconds
 
     _, before = deduplicate(prefix[1:])
-    report = None
+    prefixes_before = int(len(torch.unique(prefix[1:], dim=0)))
+    report, split_start = None, time.perf_counter()
     if split:
         def collaborative_vectors():
             if backend == "collaborative":
@@ -262,7 +263,7 @@ def _build_semantic_ids(config, dataset):
                 generator,
             )
         _log_split(settings, report, num_items, int(before.max()))
-    split_seconds = time.perf_counter() - start - embedding_seconds - quantize_seconds
+    split_seconds = time.perf_counter() - split_start
 
     dedup, group_size = deduplicate(prefix[1:])
     largest = int(group_size.max())
@@ -273,6 +274,8 @@ def _build_semantic_ids(config, dataset):
                 "some prefixes of the last semantic level had too few free codes to split "
                 "the groups further. Raise sid_codebook_size or sid_dedup_size to avoid it."
             )
+        elif backend == "random":
+            advice = "random codes are never split: raise sid_codebook_size or sid_levels."
         else:
             advice = (
                 "items are never merged. Use sid_collision=split (groups cut by training "
@@ -313,7 +316,9 @@ def _build_semantic_ids(config, dataset):
         "collision_rate": float((group_size > 1).float().mean()),
         "largest_collision_group": largest,
         "dedup_grown": largest > settings["sid_dedup_size"],
-        "collision_handling": "split" if split else "grow",
+        "collision_handling": settings["sid_collision"],
+        "prefixes": int(len(torch.unique(prefix[1:], dim=0))),
+        "prefixes_before_split": prefixes_before,
         "collision_rate_before_split": float((before > 1).float().mean()),
         "largest_collision_group_before_split": int(before.max()),
         "split": report,
@@ -414,14 +419,20 @@ def diagnostics_table(meta):
     ]
     split = meta.get("split")
     if split is None:
-        lines.append(f"collision groups: {meta.get('collision_handling', 'grow')} (not split)")
-    else:
         lines.append(
+            f"distinct semantic prefixes: {meta['prefixes']}; collision groups not split ("
+            + ("random codes never are" if meta["backend"] == "random" else "sid_collision=grow")
+            + ")"
+        )
+    else:
+        lines += [
+            f"distinct semantic prefixes: {meta['prefixes']} (before the split: "
+            f"{meta['prefixes_before_split']})",
             f"collision groups split: {split['groups']} group(s) of {split['items']} items "
             f"-> {split['new_groups']} groups of at most {split['cap']}; before the split: "
             f"collision rate {meta['collision_rate_before_split']:.4f}, largest group "
-            f"{meta['largest_collision_group_before_split']}"
-        )
+            f"{meta['largest_collision_group_before_split']}",
+        ]
     lines += [
         f"seconds: {meta['seconds']:.2f} (built in {meta['build_seconds']:.2f}: embeddings "
         f"{meta['embedding_seconds']:.2f}, quantiser {meta['quantize_seconds']:.2f}, "
