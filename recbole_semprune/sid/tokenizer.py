@@ -8,8 +8,10 @@
     sids.meta           # diagnostics
 
 Pipeline: item text (or an embedding file, or training co-occurrence) -> item vectors
-(:mod:`.embeddings`) -> ``sid_levels`` semantic codes (:mod:`.quantizers`) -> a last level that
-numbers the items sharing all semantic codes 0, 1, 2, ... so every item gets its own code.
+(:mod:`.embeddings`) -> ``sid_levels`` semantic codes (:mod:`.quantizers`; or uniform random
+codes, backend ``random``) -> collision groups larger than ``sid_dedup_size`` split by training
+co-occurrence (:mod:`.collisions`, ``sid_collision: split``) -> a last level that numbers the
+items sharing all semantic codes 0, 1, 2, ... so every item gets its own code.
 The result is cached (:mod:`.cache`).
 """
 
@@ -146,16 +148,16 @@ def build_semantic_ids(config, dataset):
             ``checkpoint_dir`` and ``dataset``.
         dataset (Dataset): the training split (``train_data.dataset``) or any built Dataset.
             Item text comes from ``dataset.item_feat``; collaborative vectors (backend
-            ``collaborative``, or items without text) from ``dataset.inter_feat``, which must
-            therefore be the training split's.
+            ``collaborative``, items without text, ``sid_collision: split``) from
+            ``dataset.inter_feat``, which must therefore be the training split's.
 
     Returns:
         SemanticIDs: codes, level sizes and diagnostics. ``meta`` holds ``codebook_usage``
         (``[used, size]`` per level), ``collision_rate`` (fraction of items sharing their
         semantic prefix with another item, before de-duplication),
-        ``largest_collision_group``, ``reconstruction_error`` (per level), item counts by
-        vector source, ``seconds``, ``backend``, ``quantizer``, ``cache_hit`` and
-        ``cache_path``.
+        ``largest_collision_group``, the same two ``_before_split``, ``split`` (what the
+        split did, or None), ``reconstruction_error`` (per level), item counts by vector
+        source, ``seconds``, ``backend``, ``quantizer``, ``cache_hit`` and ``cache_path``.
     """
     if not distributed.is_distributed():
         return _build_semantic_ids(config, dataset)
