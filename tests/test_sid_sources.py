@@ -126,6 +126,23 @@ def test_split_raises_the_cap_when_free_codes_run_out(caplog):
     assert torch.equal(new[12:], prefix[12:])
 
 
+def test_split_takes_the_nearest_free_codes_and_handles_one_level():
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.eye(13)
+    # one semantic level: every item is under the same (empty) parent; codes 0 and 1 are used
+    prefix = torch.tensor([[0]] * 12 + [[1]])
+    codebook = torch.tensor([[0.0], [0.5], [9.0], [1.0], [5.0]])  # code 3 nearest code 0, then 4
+    new, report = split_collisions(prefix, 5, 6, lambda: vectors, codebook, 10, generator)
+    assert report["new_groups"] == 2 and report["cap"] == 6
+    assert torch.bincount(new[:12, 0], minlength=5).tolist() == [6, 0, 0, 6, 0]
+    new, report = split_collisions(prefix, 5, 4, lambda: vectors, codebook, 10, generator)
+    assert torch.bincount(new[:12, 0], minlength=5).tolist() == [4, 0, 0, 4, 4]
+    assert new[12, 0] == 1
+    # nothing larger than the cap: the vectors are never computed
+    untouched, report = split_collisions(prefix, 5, 12, None, codebook, 10, generator)
+    assert torch.equal(untouched, prefix) and report["groups"] == 0
+
+
 def test_smallest_cap():
     assert smallest_cap([40, 20], 10, 10) == 10
     # 40 and 20 under cap 10 need 3 + 1 new codes; with 3 free the cap must reach 14
