@@ -268,3 +268,32 @@ def test_sentence_model_never_downloads(ml100k):  # noqa: F811
     settings = with_settings(config, sid_embedding="sentence", sid_sentence_model="no-such/model")
     with pytest.raises(RuntimeError, match="not available locally.*never downloaded"):
         build_semantic_ids(settings, train)
+
+
+# ----------------------------------------------------------------------------- Amazon Beauty
+
+
+@pytest.mark.slow
+def test_amazon_beauty_categories_only_groups_are_split():
+    from test_sid import SHARED_DATASETS
+
+    from recbole_semprune.config import Config
+    from recbole_semprune.utils import create_dataset
+
+    if not (SHARED_DATASETS / "amazon-beauty" / "amazon-beauty.inter").is_file():
+        pytest.skip(f"amazon-beauty not found under {SHARED_DATASETS}")
+    config = Config(
+        model="TIGER",
+        dataset="amazon-beauty",
+        config_dict={
+            "data_path": str(SHARED_DATASETS), "sid_cache": False,
+            "sid_text_fields": ["categories"],
+        },
+    )
+    sids = build_semantic_ids(config, create_dataset(config).build()[0])
+    meta = sids.meta
+    assert meta["largest_collision_group_before_split"] > 500  # 705 when measured
+    assert meta["largest_collision_group"] <= 16 and sids.level_sizes[-1] == 16
+    assert meta["split"]["items"] > 10_000
+    assert len(torch.unique(sids.codes[1:], dim=0)) == 12101
+    assert meta["seconds"] < 120
