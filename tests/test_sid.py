@@ -542,17 +542,21 @@ def test_command_line_prints_diagnostics(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- Amazon Beauty
 
 
-@pytest.mark.slow
-def test_amazon_beauty_default_settings():
+def amazon_beauty_sids(model="SASRec", **settings):
+    """Semantic IDs of amazon-beauty's training split (cache off), or skip without the data."""
     if not (SHARED_DATASETS / "amazon-beauty" / "amazon-beauty.inter").is_file():
         pytest.skip(f"amazon-beauty not found under {SHARED_DATASETS}")
     config = Config(
-        model="SASRec",
+        model=model,
         dataset="amazon-beauty",
-        config_dict={"data_path": str(SHARED_DATASETS), "sid_cache": False},
+        config_dict={"data_path": str(SHARED_DATASETS), "sid_cache": False, **settings},
     )
-    train = create_dataset(config).build()[0]
-    sids = build_semantic_ids(config, train)
+    return build_semantic_ids(config, create_dataset(config).build()[0])
+
+
+@pytest.mark.slow
+def test_amazon_beauty_default_settings():
+    sids = amazon_beauty_sids()
     assert sids.level_sizes[:3] == [256, 256, 256]
     assert len(torch.unique(sids.codes[1:], dim=0)) == 12101
     assert sids.meta["seconds"] < 120

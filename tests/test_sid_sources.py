@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sid import FRUIT, TOOLS, ml100k, synthetic_split, with_settings  # noqa: F401
+from test_sid import (  # noqa: F401  (ml100k: a fixture)
+    FRUIT,
+    TOOLS,
+    amazon_beauty_sids,
+    ml100k,
+    synthetic_split,
+    with_settings,
+)
 
 from recbole_semprune.sid import build_semantic_ids, read_settings
 from recbole_semprune.sid.cache import folder_fingerprint
@@ -275,22 +282,7 @@ def test_sentence_model_never_downloads(ml100k):  # noqa: F811
 
 @pytest.mark.slow
 def test_amazon_beauty_categories_only_groups_are_split():
-    from test_sid import SHARED_DATASETS
-
-    from recbole_semprune.config import Config
-    from recbole_semprune.utils import create_dataset
-
-    if not (SHARED_DATASETS / "amazon-beauty" / "amazon-beauty.inter").is_file():
-        pytest.skip(f"amazon-beauty not found under {SHARED_DATASETS}")
-    config = Config(
-        model="TIGER",
-        dataset="amazon-beauty",
-        config_dict={
-            "data_path": str(SHARED_DATASETS), "sid_cache": False,
-            "sid_text_fields": ["categories"],
-        },
-    )
-    sids = build_semantic_ids(config, create_dataset(config).build()[0])
+    sids = amazon_beauty_sids("TIGER", sid_text_fields=["categories"])
     meta = sids.meta
     assert meta["largest_collision_group_before_split"] > 500  # 705 when measured
     assert meta["largest_collision_group"] <= 16 and sids.level_sizes[-1] == 16
