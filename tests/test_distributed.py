@@ -101,7 +101,7 @@ def _share_codes_worker(rank, config_dict, out_dir):
     from recbole_semprune.sid import tokenizer
 
     config = Config(model="TIGER", dataset="tiny", config_dict=dict(config_dict, local_rank=rank))
-    dataset = create_dataset(config)
+    dataset = create_dataset(config).build()[0]  # the training split, as a model receives it
     runs = []
     quantize = tokenizer._quantize
     tokenizer._quantize = lambda *args: runs.append(1) or quantize(*args)
@@ -149,7 +149,8 @@ def test_semantic_ids_are_built_once_and_shared(workdir):
     from recbole_semprune.sid import build_semantic_ids
 
     single = Config(model="TIGER", dataset="tiny", config_dict=dict(tiny_config(workdir), sid_cache=False))
-    assert build_semantic_ids(single, create_dataset(single)).codes.tolist() == rank0["codes"]
+    train = create_dataset(single).build()[0]
+    assert build_semantic_ids(single, train).codes.tolist() == rank0["codes"]
 
 
 def _two_process_run(model, workdir, **extra):

@@ -211,7 +211,9 @@ def test_residual_kmeans_error_decreases_level_by_level(ml100k_sids):
 
 def test_balanced_kmeans_respects_capacity(ml100k):
     config, _, train = ml100k
-    sids = build_semantic_ids(with_settings(config, sid_balanced=True), train)
+    # sid_collision=grow: the quantiser's codes as they are (a split moves items to free codes)
+    settings = with_settings(config, sid_balanced=True, sid_collision="grow")
+    sids = build_semantic_ids(settings, train)
     cap = math.ceil(1682 / 16)
     for level in range(3):
         assert int(torch.bincount(sids.codes[1:, level]).max()) <= cap
@@ -295,7 +297,9 @@ def test_dedup_level_grows_for_identical_texts(tmp_path, caplog):
         f"user{u}": [tokens[(u * 7 + s) % len(tokens)] for s in range(8)] for u in range(30)
     }
     write_dataset(tmp_path, "dups", items, sequences)
-    config, _, train = synthetic_split(tmp_path, "dups", sid_levels=2, sid_codebook_size=4)
+    config, _, train = synthetic_split(
+        tmp_path, "dups", sid_levels=2, sid_codebook_size=4, sid_collision="grow"
+    )
     with caplog.at_level(logging.WARNING):
         sids = build_semantic_ids(config, train)
     assert sids.meta["largest_collision_group"] >= 40
@@ -347,21 +351,24 @@ def test_cache_key_follows_item_filtering(tmp_path):
     sequences = {f"user{u}": [tokens[(u + s) % 20] for s in range(6)] for u in range(10)}
     sequences["user_rare"] = ["i0", "i1", "i2", "i3"]
     write_dataset(tmp_path, "filtered", items, sequences)
-    paths = []
-    for interval in (None, "[5,inf)"):
-        config, _, train = synthetic_split(
-            tmp_path, "filtered", sid_levels=2, sid_codebook_size=2, sid_cache=True,
-            user_inter_num_interval=interval,
-        )
-        paths.append(build_semantic_ids(config, train).meta["cache_path"])
+    paths = {}
+    for collision in ("grow", "split"):
+        for interval in (None, "[5,inf)"):
+            config, _, train = synthetic_split(
+                tmp_path, "filtered", sid_levels=2, sid_codebook_size=2, sid_cache=True,
+                user_inter_num_interval=interval, sid_collision=collision,
+            )
+            paths[collision, interval] = build_semantic_ids(config, train).meta["cache_path"]
     # filtering users changes the training interactions only; texts and items stay: same key
-    assert paths[0] == paths[1]
+    # as long as no interaction is read (grow), a new key when they split collision groups
+    assert paths["grow", None] == paths["grow", "[5,inf)"]
+    assert paths["split", None] != paths["split", "[5,inf)"]
     config, _, train = synthetic_split(
         tmp_path, "filtered", sid_levels=2, sid_codebook_size=2, sid_cache=True,
-        item_inter_num_interval="[4,inf)",
+        item_inter_num_interval="[4,inf)", sid_collision="grow",
     )
     assert train.item_num < 21
-    assert build_semantic_ids(config, train).meta["cache_path"] not in paths
+    assert build_semantic_ids(config, train).meta["cache_path"] not in paths.values()
 
 
 # ----------------------------------------------------------------------------- file backend
@@ -463,8 +470,14 @@ def test_collaborative_needs_the_training_split(ml100k):
     config, unsplit, _ = ml100k
     with pytest.raises(ValueError, match="training split"):
         build_semantic_ids(with_settings(config, sid_embedding="collaborative"), unsplit)
-    # text needs no interactions: the unsplit dataset is fine there
-    assert len(torch.unique(build_semantic_ids(config, unsplit).codes[1:], dim=0)) == 1682
+    # splitting collision groups (the default) reads interactions too
+    with pytest.raises(ValueError, match="training split"):
+        build_semantic_ids(config, unsplit)
+    # text alone needs no interactions: the unsplit dataset is fine with sid_collision=grow,
+    # and random codes never read interactions
+    for settings in ({"sid_collision": "grow"}, {"sid_embedding": "random"}):
+        sids = build_semantic_ids(with_settings(config, **settings), unsplit)
+        assert len(torch.unique(sids.codes[1:], dim=0)) == 1682
 
 
 def test_sentence_backend_without_package(ml100k):
@@ -529,17 +542,21 @@ def test_command_line_prints_diagnostics(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- Amazon Beauty
 
 
-@pytest.mark.slow
-def test_amazon_beauty_default_settings():
+def amazon_beauty_sids(model="SASRec", **settings):
+    """Semantic IDs of amazon-beauty's training split (cache off), or skip without the data."""
     if not (SHARED_DATASETS / "amazon-beauty" / "amazon-beauty.inter").is_file():
         pytest.skip(f"amazon-beauty not found under {SHARED_DATASETS}")
     config = Config(
-        model="SASRec",
+        model=model,
         dataset="amazon-beauty",
-        config_dict={"data_path": str(SHARED_DATASETS), "sid_cache": False},
+        config_dict={"data_path": str(SHARED_DATASETS), "sid_cache": False, **settings},
     )
-    train = create_dataset(config).build()[0]
-    sids = build_semantic_ids(config, train)
+    return build_semantic_ids(config, create_dataset(config).build()[0])
+
+
+@pytest.mark.slow
+def test_amazon_beauty_default_settings():
+    sids = amazon_beauty_sids()
     assert sids.level_sizes[:3] == [256, 256, 256]
     assert len(torch.unique(sids.codes[1:], dim=0)) == 12101
     assert sids.meta["seconds"] < 120

@@ -8,10 +8,11 @@
 Command line: ``python -m recbole_semprune.sid --dataset=ml-100k``. See docs/semantic_ids.md.
 """
 
-from recbole_semprune.sid.settings import EMBEDDINGS, QUANTIZERS, read_settings
+from recbole_semprune.sid.settings import COLLISIONS, EMBEDDINGS, QUANTIZERS, read_settings
 from recbole_semprune.sid.tokenizer import PAD_CODE, SemanticIDs, build_semantic_ids
 
 __all__ = [
+    "COLLISIONS",
     "EMBEDDINGS",
     "PAD_CODE",
     "QUANTIZERS",

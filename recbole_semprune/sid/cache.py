@@ -3,8 +3,9 @@
 A cache file holds plain tensors, lists and dicts (``torch.load(..., weights_only=True)``
 reads it) and is named by a hash of everything the codes depend on: the dataset name, the
 atomic files actually read (name, size, content hash), the item tokens in internal-id order,
-the item text, the training interactions (when collaborative vectors are used), the embedding
-file (backend ``file``) and every setting that changes the result. Change any of them and the
+the item text, the training interactions (when collaborative vectors are used or collision
+groups are split), the embedding file (backend ``file``), the sentence model's files (backend
+``sentence``) and every setting that changes the result. Change any of them and the
 key changes, so a stale file is never reused.
 """
 
@@ -16,7 +17,7 @@ import os
 import torch
 
 # Bump when a code change alters the codes produced for the same inputs.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def file_fingerprint(path):
@@ -29,6 +30,19 @@ def file_fingerprint(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return {"name": name, "size": os.path.getsize(path), "sha1": digest.hexdigest()}
+
+
+def folder_fingerprint(folder):
+    """:func:`file_fingerprint` of every file below ``folder``, by relative path."""
+    fingerprints = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            fingerprint = file_fingerprint(path)
+            fingerprint["name"] = os.path.relpath(path, folder)
+            fingerprints.append(fingerprint)
+    return fingerprints
 
 
 def dataset_files(dataset):

