@@ -346,35 +346,38 @@ def main(argv=None):
     args.argv = argv
     os.makedirs(args.output, exist_ok=True)
     status = 0
-    for label in args.only:
-        for seed in args.seeds[label]:
-            folder = os.path.join(args.output, label, f"seed-{seed}")
-            os.makedirs(folder, exist_ok=True)
-            spec = run_spec(args, label, seed, shared, overrides)
-            done = _read_json(os.path.join(folder, RESULT_FILE))
-            if done is not None and done["spec"] == spec:
-                print(f"[{label} seed {seed}] done", flush=True)
-                continue
-            old = _read_json(os.path.join(folder, SPEC_FILE))
-            if old is not None and old != spec:  # other settings: start that run again
-                for name in (RESULT_FILE, POSITIONS_FILE):
-                    if os.path.exists(os.path.join(folder, name)):
-                        os.remove(os.path.join(folder, name))
-                saved = os.path.join(folder, "saved")
-                for name in os.listdir(saved) if os.path.isdir(saved) else []:
-                    if name.endswith("-last.pth"):
-                        os.remove(os.path.join(saved, name))
-            _write_json(os.path.join(folder, SPEC_FILE), spec)
-            print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
-            command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
-                       os.path.join(os.path.abspath(folder), SPEC_FILE)]
-            command += [str(args.threads)] if args.threads else []
-            with open(os.path.join(folder, "run.log"), "a", encoding="utf-8") as log:
-                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-            if code:
-                status = 1
-                print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)
-            write_tables(args.output, args, shared, overrides)
+    # the first seed of every model, then the second ...: comparable figures come early
+    rounds = max(len(args.seeds[label]) for label in args.only)
+    plan = [(label, args.seeds[label][i]) for i in range(rounds) for label in args.only
+            if i < len(args.seeds[label])]
+    for label, seed in plan:
+        folder = os.path.join(args.output, label, f"seed-{seed}")
+        os.makedirs(folder, exist_ok=True)
+        spec = run_spec(args, label, seed, shared, overrides)
+        done = _read_json(os.path.join(folder, RESULT_FILE))
+        if done is not None and done["spec"] == spec:
+            print(f"[{label} seed {seed}] done", flush=True)
+            continue
+        old = _read_json(os.path.join(folder, SPEC_FILE))
+        if old is not None and old != spec:  # other settings: start that run again
+            for name in (RESULT_FILE, POSITIONS_FILE):
+                if os.path.exists(os.path.join(folder, name)):
+                    os.remove(os.path.join(folder, name))
+            saved = os.path.join(folder, "saved")
+            for name in os.listdir(saved) if os.path.isdir(saved) else []:
+                if name.endswith("-last.pth"):
+                    os.remove(os.path.join(saved, name))
+        _write_json(os.path.join(folder, SPEC_FILE), spec)
+        print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
+        command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
+                   os.path.join(os.path.abspath(folder), SPEC_FILE)]
+        command += [str(args.threads)] if args.threads else []
+        with open(os.path.join(folder, "run.log"), "a", encoding="utf-8") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        if code:
+            status = 1
+            print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)
+        write_tables(args.output, args, shared, overrides)
     write_tables(args.output, args, shared, overrides)
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as f:
         print(f.read())
