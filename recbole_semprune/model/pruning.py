@@ -386,6 +386,13 @@ class TokenPruningMixin:
         super().__init__(config, dataset, semantic_ids)
         self.pruner = TokenPruner.from_config(config, self.n_layers, self.default_prune_scorer)
 
+    @classmethod
+    def check_config(cls, config):
+        """The backbone's checks, then the pruning keys (before any data is loaded)."""
+        warnings = super().check_config(config)
+        TokenPruner.from_config(config, config["n_layers"], cls.default_prune_scorer)
+        return warnings
+
     @property
     def pruning(self):
         """Whether the current mode (train / eval) prunes."""

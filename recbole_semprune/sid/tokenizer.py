@@ -90,13 +90,19 @@ def deduplicate(prefix):
     return dedup, counts[group]
 
 
-def _check_sizes(settings, num_items, dataset_name):
+def fitted_codebook_size(num_items):
+    """A codebook size for ``num_items`` items (about 16 items per code, at most 256)."""
+    return max(2, min(256, num_items // 16))
+
+
+def check_sizes(settings, num_items, dataset_name):
+    """The semantic levels' codebook sizes; ValueError if they exceed the items."""
     size = settings["sid_codebook_size"]
     if size > num_items:
         raise ValueError(
             f"sid_codebook_size={size} is larger than the number of items ({num_items}) of "
             f"dataset '{dataset_name}': a codebook cannot have more codes than items. Use "
-            f"sid_codebook_size <= {num_items} (e.g. {max(2, min(256, num_items // 16))})."
+            f"sid_codebook_size <= {num_items} (e.g. {fitted_codebook_size(num_items)})."
         )
     return [size] * settings["sid_levels"]
 
@@ -167,7 +173,7 @@ def _build_semantic_ids(config, dataset):
     num_items = item_num - 1
     if num_items < 2:
         raise ValueError(f"Dataset '{dataset_name}' has {num_items} item(s): nothing to encode.")
-    sizes = _check_sizes(settings, num_items, dataset_name)
+    sizes = check_sizes(settings, num_items, dataset_name)
     backend = settings["sid_embedding"]
     item_tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
 
