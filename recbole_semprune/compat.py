@@ -21,6 +21,18 @@ none of them changes behaviour for code that does not rely on RecBole.
   puts anomaly detection back as it was.
 * pandas 3 makes RecBole's in-place ``fillna`` a silent no-op: that one cannot be shimmed
   safely, so ``setup.cfg`` pins ``pandas<3`` and :func:`check_versions` refuses to run on it.
+* RecBole's own lines raise FutureWarnings on pandas 2.2+ and torch 2.4+ (about 25 lines per
+  run): its chained in-place ``fillna`` and ``Series.agg(len)`` (data/dataset/dataset.py;
+  both still do what RecBole means on pandas 2, and pandas 3 is refused) and
+  ``torch.cuda.amp.GradScaler(...)`` (trainer/trainer.py; the same object as
+  ``torch.amp.GradScaler("cuda", ...)``). The cause is in RecBole, so
+  :func:`silence_recbole_future_warnings` filters exactly these messages, and only when they
+  come from RecBole's modules; this package's own code raises none.
+* ``recbole.utils.case_study.full_sort_topk`` takes the top ``k`` of ``full_sort_predict``; a
+  SID model scores only the ``beam_size`` items of its beam search (the others -inf), so a
+  ``k`` above ``beam_size`` silently returned arbitrary -inf items. :func:`full_sort_topk`
+  (installed in RecBole's module by :func:`apply`) warns and searches with ``k`` beams for
+  that call.
 """
 
 import contextlib
@@ -87,6 +99,54 @@ def import_recbole_models():
     torch.autograd.set_detect_anomaly(anomaly)
 
 
+# (message start, RecBole module) of the FutureWarnings RecBole 1.2.1 raises on today's
+# pandas / torch; see the module doc
+_RECBOLE_FUTURE_WARNINGS = (
+    ("A value is trying to be set on a copy of a DataFrame or Series through chained assignment",
+     r"recbole\.data\."),
+    (r"using <built-in function len> in Series\.agg cannot aggregate", r"recbole\.data\."),
+    (r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", r"recbole\.trainer\."),
+)
+
+
+def silence_recbole_future_warnings():
+    """Ignore the FutureWarnings of RecBole's own code listed in the module doc."""
+    for message, module in _RECBOLE_FUTURE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)
+
+
+def full_sort_topk(uid_series, model, test_data, k, device=None):
+    """RecBole's ``full_sort_topk`` that never returns items outside a SID model's beam: with
+    ``k`` above the model's ``beam_size`` it warns and searches with ``k`` beams this once."""
+    import torch
+    from recbole.utils.case_study import full_sort_scores
+
+    beam_size = getattr(model, "beam_size", None)
+    widen = isinstance(beam_size, int) and k > beam_size
+    if widen:
+        warnings.warn(
+            f"full_sort_topk: k={k} is larger than {type(model).__name__}'s beam_size="
+            f"{beam_size}, and beam search ranks only beam_size items (the others score -inf): "
+            f"this call searches with {k} beams. Set model.beam_size (or the beam_size key) "
+            "to choose.",
+            UserWarning,
+            stacklevel=2,
+        )
+        model.beam_size = k
+    try:
+        return torch.topk(full_sort_scores(uid_series, model, test_data, device), k)
+    finally:
+        if widen:
+            model.beam_size = beam_size
+
+
+def patch_full_sort_topk():
+    """Install :func:`full_sort_topk` in ``recbole.utils.case_study``."""
+    from recbole.utils import case_study
+
+    case_study.full_sort_topk = full_sort_topk
+
+
 def check_versions():
     """Fail early, with the fix, on library versions that silently break RecBole 1.2.1."""
     import pandas as pd
@@ -102,4 +162,6 @@ def check_versions():
 def apply():
     check_versions()
     restore_numpy_aliases()
+    silence_recbole_future_warnings()
     import_recbole_models()
+    patch_full_sort_topk()

@@ -10,6 +10,7 @@ anything (:func:`check_run`): a bad setting, config file or data file raises a
 plain Python floats.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_semprune.compat import load_checkpoint
 from recbole_semprune.config import Config, dataset_config_file, read_config_file
 from recbole_semprune.data.protocol import complete_protocol
-from recbole_semprune.errors import SettingsError
+from recbole_semprune.errors import SettingsError, UserInputError
 from recbole_semprune.utils import (
     check_dataset_files,
     check_train_rows,
@@ -67,6 +68,35 @@ def check_run(config):
     return notes
 
 
+@contextlib.contextmanager
+def _undone_on_user_error(folders, log_folder):
+    """If the block stops on a :class:`UserInputError` (one found once the data is loaded,
+    e.g. a codebook larger than the items), remove what the run wrote: the new files in
+    ``log_folder`` (its log) and the ``folders`` it created, so a failed run changes nothing."""
+    new_folders = []
+    for folder in folders:
+        folder = os.path.normpath(folder)
+        while folder and not os.path.exists(folder) and folder not in new_folders:
+            new_folders.append(folder)
+            folder = os.path.dirname(folder)
+    old_logs = set(os.listdir(log_folder)) if os.path.isdir(log_folder) else set()
+    try:
+        yield
+    except UserInputError:
+        root = getLogger()
+        for handler in list(root.handlers):
+            in_folder = os.path.dirname(getattr(handler, "baseFilename", "")) == os.path.abspath(log_folder)
+            if isinstance(handler, logging.FileHandler) and in_folder:
+                handler.close()
+                root.removeHandler(handler)
+        for name in set(os.listdir(log_folder)) - old_logs if os.path.isdir(log_folder) else []:
+            os.remove(os.path.join(log_folder, name))
+        for folder in sorted(new_folders, key=len, reverse=True):  # deepest first
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
+
+
 def plain_floats(result):
     """A metrics dict with plain Python floats (RecBole's hold numpy floats, which print as
     ``np.float64(0.0125)`` under numpy 2)."""
@@ -106,23 +136,19 @@ def run_recbole_semprune(
     )
     notes = check_run(config)
     init_seed(config["seed"], config["reproducibility"])
-    # RecBole creates these with exists-then-makedirs: processes started together race on it
-    for folder in (os.path.join("log", config["model"]), "log_tensorboard", config["checkpoint_dir"]):
-        os.makedirs(folder, exist_ok=True)
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-    for level, line in notes:
-        logger.log(level, line)
-    if config["single_spec"] and (config["nproc"] or 1) > 1:
-        logger.warning(
-            f"nproc={config['nproc']} is set, but run_recbole_semprune() trains in this one "
-            "process: use recbole_semprune.quick_start.run(...) or run_recbole_semprune.py "
-            "--nproc=N to start several (docs/distributed.md)."
-        )
-
-    dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger, checked=True)
+    log_folder = os.path.join("log", config["model"])
+    folders = (log_folder, "log_tensorboard", config["checkpoint_dir"])
+    with _undone_on_user_error(folders, log_folder):
+        # RecBole creates these with exists-then-makedirs: processes started together race on it
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+        init_logger(config)
+        logger = getLogger()
+        logger.info(sys.argv)
+        logger.info(config)
+        for level, line in notes:
+            logger.log(level, line)
+        dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger, checked=True)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)

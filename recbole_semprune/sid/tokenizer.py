@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 from recbole.utils import set_color
+from tqdm import tqdm
 
 from recbole_semprune import distributed
 from recbole_semprune.sid import cache
@@ -112,6 +113,15 @@ def _cache_dir(settings, config):
         return settings["sid_cache_dir"]
     checkpoint_dir = config["checkpoint_dir"] if "checkpoint_dir" in config else None
     return os.path.join(checkpoint_dir or "saved", "sid_cache")
+
+
+def _progress_bar(config, first_stage):
+    """RecBole-style bar over the three stages of a build (embeddings, quantiser,
+    de-duplication), shown when ``show_progress`` is on."""
+    show = bool(config["show_progress"]) if "show_progress" in config else False
+    bar = tqdm(total=3, ncols=100, desc=set_color("Semantic IDs", "pink"), disable=not show)
+    bar.set_postfix_str(first_stage)
+    return bar
 
 
 def _quantize(settings, vectors, sizes, generator):
@@ -213,10 +223,15 @@ def _build_semantic_ids(config, dataset):
     logger.info(
         set_color("Building semantic IDs", "green")
         + f" for {num_items} items of '{dataset_name}' ({backend} + {settings['sid_quantizer']}, "
-        + f"{'x'.join(map(str, sizes))} + dedup)"
+        + f"{'x'.join(map(str, sizes))} + dedup"
+        + (f", text fields {fields}" if text_backend else "")
+        + ")"
     )
+    progress = _progress_bar(config, f"{backend} item embeddings")
     embeddings = item_embeddings(settings, texts, item_tokens, lambda: interactions)
     embedding_seconds = time.perf_counter() - start
+    progress.update()
+    progress.set_postfix_str(f"{settings['sid_quantizer']} quantiser")
     fit_items = np.flatnonzero(embeddings.source != ItemEmbeddings.NONE)
     blank_items = np.flatnonzero(embeddings.source[1:] == ItemEmbeddings.NONE) + 1
     if len(fit_items) < sizes[0]:
@@ -230,6 +245,8 @@ def _build_semantic_ids(config, dataset):
     with fixed_threads(1):  # same codes on every machine, see fixed_threads
         quantized = _quantize(settings, embeddings.vectors[fit_items], sizes, generator)
     quantize_seconds = time.perf_counter() - start - embedding_seconds
+    progress.update()
+    progress.set_postfix_str("de-duplication")
     prefix = torch.full((item_num, len(sizes)), PAD_CODE, dtype=torch.long)
     prefix[torch.from_numpy(fit_items)] = quantized.codes
     if len(blank_items) > 0:
@@ -295,6 +312,8 @@ def _build_semantic_ids(config, dataset):
     if settings["sid_cache"]:
         cache.save(path, key, codes, level_sizes, meta)
         logger.info(f"Semantic IDs saved to [{path}]")
+    progress.update()
+    progress.close()
     log_diagnostics(meta)
     return SemanticIDs(codes, level_sizes, meta)
 
