@@ -33,6 +33,11 @@ none of them changes behaviour for code that does not rely on RecBole.
   ``k`` above ``beam_size`` silently returned arbitrary -inf items. :func:`full_sort_topk`
   (installed in RecBole's module by :func:`apply`) warns and searches with ``k`` beams for
   that call.
+* ``HyperTuning(algo="exhaustive")`` draws its grid points with ``np.random.RandomState``,
+  while hyperopt >= 0.2.7 (the only releases on Python >= 3.10) calls the ``Generator`` method
+  ``rng.integers``: every exhaustive search ended in an AttributeError.
+  :func:`patch_exhaustive_search` gives RecBole's tuning module a ``RandomState`` that also
+  answers ``integers`` (same draws as ``randint``).
 """
 
 import contextlib
@@ -147,6 +152,32 @@ def patch_full_sort_topk():
     case_study.full_sort_topk = full_sort_topk
 
 
+class _HyperoptRandomState(np.random.RandomState):
+    """A RandomState that also has the Generator method hyperopt >= 0.2.7 calls."""
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        if endpoint:
+            low, high = (0, low + 1) if high is None else (low, high + 1)
+        return self.randint(low, high, size, dtype)
+
+
+class _TuningNumpy:
+    """numpy as seen by ``recbole.trainer.hyper_tuning``: its ``random.RandomState`` is
+    :class:`_HyperoptRandomState`, everything else is numpy's."""
+
+    random = type("random", (), {"RandomState": _HyperoptRandomState})
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def patch_exhaustive_search():
+    """Let RecBole's exhaustive search run on hyperopt >= 0.2.7 (see the module doc)."""
+    from recbole.trainer import hyper_tuning
+
+    hyper_tuning.np = _TuningNumpy()
+
+
 def check_versions():
     """Fail early, with the fix, on library versions that silently break RecBole 1.2.1."""
     import pandas as pd
@@ -165,3 +196,4 @@ def apply():
     silence_recbole_future_warnings()
     import_recbole_models()
     patch_full_sort_topk()
+    patch_exhaustive_search()
