@@ -33,6 +33,10 @@ none of them changes behaviour for code that does not rely on RecBole.
   ``k`` above ``beam_size`` silently returned arbitrary -inf items. :func:`full_sort_topk`
   (installed in RecBole's module by :func:`apply`) warns and searches with ``k`` beams for
   that call.
+* scipy >= 1.13 dropped ``dok_matrix._update``, with which RecBole's graph models (LightGCN,
+  NGCF, NCL, GCMC, SpectralCF, KGIN, MCCLK) fill their adjacency matrix: they all stopped on
+  an AttributeError. :func:`restore_dok_update` adds it back where it is missing, as the plain
+  update of the stored entries it always was.
 * ``HyperTuning(algo="exhaustive")`` draws its grid points with ``np.random.RandomState``,
   while hyperopt >= 0.2.7 (the only releases on Python >= 3.10) calls the ``Generator`` method
   ``rng.integers``: every exhaustive search ended in an AttributeError.
@@ -67,6 +71,20 @@ def restore_numpy_aliases():
     for name, value in _NUMPY_ALIASES.items():
         if name not in vars(np):  # not getattr: numpy's module __getattr__ warns or raises
             setattr(np, name, value)
+
+
+def _dok_update(self, entries):
+    """``dok_matrix._update`` of scipy < 1.13: store ``{(row, col): value}`` unchecked (the
+    scipy versions without it keep the entries in ``_dict``)."""
+    self._dict.update(entries)
+
+
+def restore_dok_update():
+    """Give scipy's ``dok_matrix`` its ``_update`` back where the installed scipy lacks it."""
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = _dok_update
 
 
 def load_checkpoint(path, map_location=None):
@@ -193,6 +211,7 @@ def check_versions():
 def apply():
     check_versions()
     restore_numpy_aliases()
+    restore_dok_update()
     silence_recbole_future_warnings()
     import_recbole_models()
     patch_full_sort_topk()

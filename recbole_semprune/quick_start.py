@@ -29,6 +29,7 @@ from recbole_semprune.data.protocol import complete_protocol
 from recbole_semprune.errors import SettingsError, UserInputError
 from recbole_semprune.utils import (
     check_dataset_files,
+    check_negative_sampling,
     check_train_rows,
     create_dataset,
     get_model,
@@ -52,8 +53,8 @@ def check_run(config):
 
     A dataset without a dataset config gets its ``load_col`` from its files' headers
     (:func:`~recbole_semprune.data.protocol.complete_protocol`); the dataset's files are
-    checked (:func:`~recbole_semprune.utils.check_dataset_files`); ``train_rows`` is checked
-    against the dataset class; a model with a ``check_config(config)`` class method (every SID
+    checked (:func:`~recbole_semprune.utils.check_dataset_files`); a pairwise model must get
+    negatives; ``train_rows`` is checked against the dataset class; a model with a ``check_config(config)`` class method (every SID
     model) checks its settings there, raising ValueError on a bad one and returning warnings.
     Raises a :class:`~recbole_semprune.errors.UserInputError`; returns ``(level, message)``
     log lines for when the logger is set up.
@@ -61,6 +62,7 @@ def check_run(config):
     has_config = os.path.isfile(dataset_config_file(config["dataset"]))
     notes = [(logging.INFO, line) for line in complete_protocol(config, has_config)]
     check_dataset_files(config)
+    check_negative_sampling(config)
     _settings_errors(check_train_rows, config)
     check = getattr(get_model(config["model"]), "check_config", None)
     if check is not None:

@@ -98,7 +98,7 @@ def get_trainer(model_type, model_name):
 
 
 __all__ = ["DatasetError", "UnknownModelError", "check_dataset_files", "create_dataset",
-           "get_model", "get_trainer", "check_train_rows"]
+           "get_model", "get_trainer", "check_train_rows", "check_negative_sampling"]
 
 
 def _how_to_get(dataset_name):
@@ -195,6 +195,20 @@ def _check_protocol_fields(config, inter_file):
                 if key == "TIME_FIELD"
                 else ""
             )
+        )
+
+
+def check_negative_sampling(config):
+    """A model trained on (positive, negative) pairs gets negatives (SettingsError otherwise;
+    RecBole would stop on a KeyError for ``neg_item_id`` in the first batch)."""
+    from recbole.utils import InputType
+
+    sampling = config["train_neg_sample_args"] or {}
+    if config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE and sampling.get("distribution") == "none":
+        raise SettingsError(
+            f"{config['model']} trains on (positive, negative) pairs, but train_neg_sample_args "
+            "is ~ (no negatives): remove that setting, or set train_neg_sample_args: "
+            "{distribution: uniform, sample_num: 1}."
         )
 
 

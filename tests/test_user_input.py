@@ -78,6 +78,7 @@ def one_error_line(err):
         (["--model=RASTP", "--backbone=decoder_only", "--prune_layer=9"], "must be an int in [1, 4]"),
         (["--model=TIGER", "--sid_text_fields=[title, plot]"], "sid_text_fields names ['plot']"),
         (["--model=SASRec", "--train_rows=user"], "SASRec uses RecBole's own dataset"),
+        (["--model=BPR", "--train_neg_sample_args=None"], "BPR trains on (positive, negative) pairs"),
         (["--model=SASrec"], "Unknown model 'SASrec'"),
     ],
 )
