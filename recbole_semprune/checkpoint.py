@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from recbole_semprune.compat import load_checkpoint
+from recbole_semprune.errors import SettingsError
 
 LAST_SUFFIX = "-last.pth"
 FORMAT = "recbole_semprune-resume-1"
@@ -39,7 +40,7 @@ RESUME_FREE_KEYS = frozenset({
 })
 
 
-class ResumeError(ValueError):
+class ResumeError(SettingsError):
     """Nothing to resume, or a resume state that does not belong to this run."""
 
 

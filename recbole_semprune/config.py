@@ -2,9 +2,15 @@
 
 Priority, lowest first: RecBole's own defaults (overall, its model yaml, its dataset yaml,
 its quick-start settings), then ``properties/overall.yaml`` (plugin-wide settings),
+``properties/protocol.yaml`` (the evaluation protocol of every dataset),
 ``properties/sid.yaml`` (semantic-ID settings), ``properties/model/<Model>.yaml`` and
 ``dataset_configs/<dataset>.yaml`` of this package, then the user's config files, config dict
-and command line, exactly as in RecBole.
+and command line, exactly as in RecBole. Sequential models with ``loss_type: CE`` train
+without sampled negatives (RecBole refuses them with CE) unless the user sets
+``train_neg_sample_args``.
+
+A config file that is missing, unreadable or not a yaml mapping, and a run without a model or
+dataset name, raise :class:`~recbole_semprune.errors.SettingsError` (one line).
 
 In a multi-process run (RecBole's ``local_rank`` is set, see docs/distributed.md) the device
 set-up differs from RecBole 1.2.1's, which hard-codes NCCL: see :meth:`Config._init_device`.
@@ -12,9 +18,12 @@ set-up differs from RecBole 1.2.1's, which hard-codes NCCL: see :meth:`Config._i
 
 import os
 
+import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_semprune import compat
+from recbole_semprune.errors import SettingsError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PROPERTIES_DIR = os.path.join(PACKAGE_DIR, "properties")
@@ -23,6 +32,7 @@ PRESET_DIR = os.path.join(PROPERTIES_DIR, "preset")
 DATASET_CONFIG_DIR = os.path.join(PACKAGE_DIR, "dataset_configs")
 OVERALL_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "overall.yaml")
 SID_PROPERTIES_FILE = os.path.join(PROPERTIES_DIR, "sid.yaml")
+PROTOCOL_FILE = os.path.join(PROPERTIES_DIR, "protocol.yaml")
 
 
 def model_config_file(model_name):
@@ -47,6 +57,37 @@ def dataset_config_file(dataset_name):
     return os.path.join(DATASET_CONFIG_DIR, f"{dataset_name}.yaml")
 
 
+def read_config_file(path, loader=None):
+    """The settings of one ``--config_files`` yaml as a dict (empty file: ``{}``).
+
+    ``loader``: a yaml loader class (default: RecBole's, which also reads ``1e-3`` as a
+    float). Raises :class:`SettingsError` naming the file (and line) if it is missing,
+    unreadable, not valid yaml or not a mapping of keys to values.
+    """
+    if loader is None:
+        loader = RecBoleConfig._build_yaml_loader(None)
+    if not os.path.isfile(path):
+        raise SettingsError(f"config file {path!r} not found (looked for {os.path.abspath(path)}).")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            content = yaml.load(f.read(), Loader=loader)
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"config file {path!r} cannot be read: {error}.") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SettingsError(f"config file {path!r}{where}: not valid yaml ({problem}).") from error
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise SettingsError(
+            f"config file {path!r} holds a {type(content).__name__}, not settings: write one "
+            "'key: value' per line."
+        )
+    return content
+
+
 class Config(RecBoleConfig):
     """RecBole's Config, resolving models plugin-first and loading the plugin's yaml defaults.
 
@@ -58,13 +99,20 @@ class Config(RecBoleConfig):
         # RecBole's version assigns np.float_ etc., which numpy 2 no longer has.
         compat.restore_numpy_aliases()
 
+    def _load_config_files(self, file_list):
+        # RecBole's opens each file as is: a missing or broken one ends in a traceback
+        settings = {}
+        for file in file_list or []:
+            settings.update(read_config_file(file, self.yaml_loader))
+        return settings
+
     def _get_model_and_dataset(self, model, dataset):
         from recbole_semprune.utils import get_model
 
         if model is None:
             model = self.external_config_dict.get("model")
             if model is None:
-                raise KeyError(
+                raise SettingsError(
                     "No model given: pass --model=NAME on the command line, model= to the API, "
                     "or 'model: NAME' in a config file."
                 )
@@ -75,7 +123,7 @@ class Config(RecBoleConfig):
         if dataset is None:
             dataset = self.external_config_dict.get("dataset")
             if dataset is None:
-                raise KeyError(
+                raise SettingsError(
                     "No dataset given: pass --dataset=NAME on the command line, dataset= to the "
                     "API, or 'dataset: NAME' in a config file."
                 )
@@ -83,7 +131,7 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        files = [OVERALL_PROPERTIES_FILE, SID_PROPERTIES_FILE, model_config_file(model)]
+        files = [OVERALL_PROPERTIES_FILE, PROTOCOL_FILE, SID_PROPERTIES_FILE, model_config_file(model)]
         preset = self.external_config_dict.get("size_preset")
         if preset is not None:
             files.append(preset_file(preset, model))
@@ -96,6 +144,22 @@ class Config(RecBoleConfig):
             self.parameters["Dataset"] += [
                 key for key in dataset_dict if key not in self.parameters["Dataset"]
             ]
+        loss_type = self.external_config_dict.get(
+            "loss_type", self.internal_config_dict.get("loss_type")
+        )
+        if model_class.type == ModelType.SEQUENTIAL and loss_type == "CE":
+            # a softmax over all items: RecBole refuses sampled negatives with it
+            self.internal_config_dict["train_neg_sample_args"] = None
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        # RecBole always reads ml-100k from its own copy; a data_path given by the user that
+        # holds an ml-100k folder of atomic files is used instead.
+        user_path = self.external_config_dict.get("data_path")
+        if self.dataset == "ml-100k" and user_path:
+            folder = os.path.join(user_path, self.dataset)
+            if os.path.isfile(os.path.join(folder, f"{self.dataset}.inter")):
+                self.final_config_dict["data_path"] = folder
 
     def _init_device(self):
         """RecBole's device set-up, with a multi-process mode that also runs on CPUs.

@@ -31,13 +31,15 @@ import os
 import numpy as np
 import torch
 
+from recbole_semprune.errors import SettingsError
+
 BACKENDS = ("auto", "gloo", "nccl")
 
 # per-row keys of RecBole's evaluation data struct (those Collector.get_data_struct resets)
 ROW_KEYS = ("rec.topk", "rec.meanrank", "rec.score", "rec.items", "data.label")
 
 
-class DistributedSettingsError(ValueError):
+class DistributedSettingsError(SettingsError):
     """The multi-process keys (nproc, world_size, offset, port, ...) do not fit together."""
 
 

@@ -3,8 +3,14 @@
 ``run_recbole_semprune`` / ``run`` mirror ``recbole.quick_start.run_recbole`` / ``run``,
 ``objective_function`` serves RecBole's ``HyperTuning`` and ``load_data_and_model`` reloads a
 checkpoint. They never import ``recbole.quick_start`` (which imports ray).
+
+A run checks what it was given before it loads the dataset, builds semantic IDs or writes
+anything (:func:`check_run`): a bad setting, config file or data file raises a
+:class:`~recbole_semprune.errors.UserInputError` whose message is one line. Result dicts hold
+plain Python floats.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,10 +25,87 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_semprune.checkpoint import build_model, resume_state
 from recbole_semprune.compat import load_checkpoint
-from recbole_semprune.config import Config
+from recbole_semprune.config import Config, dataset_config_file, read_config_file
 from recbole_semprune.data.batching import use_length_buckets
+from recbole_semprune.data.protocol import complete_protocol
+from recbole_semprune.errors import SettingsError, UserInputError
 from recbole_semprune.trainer import exclude_seen
-from recbole_semprune.utils import create_dataset, get_model, get_trainer
+from recbole_semprune.utils import (
+    check_dataset_files,
+    check_negative_sampling,
+    check_train_rows,
+    create_dataset,
+    get_model,
+    get_trainer,
+)
+
+
+def _settings_errors(check, *args):
+    """``check(*args)``, its ValueError turned into a SettingsError (a check's ValueError is
+    about a setting by contract, see :func:`check_run`)."""
+    try:
+        return check(*args)
+    except SettingsError:
+        raise
+    except ValueError as error:
+        raise SettingsError(str(error)) from error
+
+
+def check_run(config):
+    """Every check of a run that needs no data loaded, before anything is written.
+
+    A dataset without a dataset config gets its ``load_col`` from its files' headers
+    (:func:`~recbole_semprune.data.protocol.complete_protocol`); the dataset's files are
+    checked (:func:`~recbole_semprune.utils.check_dataset_files`); a pairwise model must get
+    negatives; ``train_rows`` is checked against the dataset class; a model with a ``check_config(config)`` class method (every SID
+    model) checks its settings there, raising ValueError on a bad one and returning warnings.
+    Raises a :class:`~recbole_semprune.errors.UserInputError`; returns ``(level, message)``
+    log lines for when the logger is set up.
+    """
+    has_config = os.path.isfile(dataset_config_file(config["dataset"]))
+    notes = [(logging.INFO, line) for line in complete_protocol(config, has_config)]
+    check_dataset_files(config)
+    check_negative_sampling(config)
+    _settings_errors(check_train_rows, config)
+    check = getattr(get_model(config["model"]), "check_config", None)
+    if check is not None:
+        notes += [(logging.WARNING, line) for line in _settings_errors(check, config) or []]
+    return notes
+
+
+@contextlib.contextmanager
+def _undone_on_user_error(folders, log_folder):
+    """If the block stops on a :class:`UserInputError` (one found once the data is loaded,
+    e.g. a codebook larger than the items), remove what the run wrote: the new files in
+    ``log_folder`` (its log) and the ``folders`` it created, so a failed run changes nothing."""
+    new_folders = []
+    for folder in folders:
+        folder = os.path.normpath(folder)
+        while folder and not os.path.exists(folder) and folder not in new_folders:
+            new_folders.append(folder)
+            folder = os.path.dirname(folder)
+    old_logs = set(os.listdir(log_folder)) if os.path.isdir(log_folder) else set()
+    try:
+        yield
+    except UserInputError:
+        root = getLogger()
+        for handler in list(root.handlers):
+            in_folder = os.path.dirname(getattr(handler, "baseFilename", "")) == os.path.abspath(log_folder)
+            if isinstance(handler, logging.FileHandler) and in_folder:
+                handler.close()
+                root.removeHandler(handler)
+        for name in set(os.listdir(log_folder)) - old_logs if os.path.isdir(log_folder) else []:
+            os.remove(os.path.join(log_folder, name))
+        for folder in sorted(new_folders, key=len, reverse=True):  # deepest first
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
+
+
+def plain_floats(result):
+    """A metrics dict with plain Python floats (RecBole's hold numpy floats, which print as
+    ``np.float64(0.0125)`` under numpy 2)."""
+    return {key: float(value) for key, value in result.items()}
 
 
 def prepare_data(config, dataset):
@@ -36,13 +119,19 @@ def prepare_data(config, dataset):
     return loaders
 
 
-def _build(config, logger=None, resume=None):
+def _build(config, logger=None, resume=None, checked=False):
     """Dataset, splits, model and trainer for ``config``, as RecBole's quick start builds them;
     ``resume``: ``(path, state)`` of :func:`checkpoint.resume_state`, which the trainer
-    continues (the model gets the state's semantic IDs)."""
-    dataset = create_dataset(config)
+    continues (the model gets the state's semantic IDs); ``checked``: :func:`check_run`
+    already checked the dataset's files."""
+    dataset = create_dataset(config, check_files=not checked)
     if logger:
         logger.info(dataset)
+    model_class = get_model(config["model"])
+    fit = getattr(model_class, "fit_to_dataset", None)
+    if fit is not None:  # settings sized by the data (SID codebooks), before any is built
+        for line in _settings_errors(fit, config, dataset) or []:
+            getLogger().info(line)
     train_data, valid_data, test_data = prepare_data(config, dataset)
     # one seed per process (RecBole adds local_rank, which repeats on every machine)
     rank = 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
@@ -68,22 +157,30 @@ def run_recbole_semprune(
     )
     exclude_seen(config)
     resume = resume_state(config)  # a one-line ResumeError before anything is built
+    notes = check_run(config)
     init_seed(config["seed"], config["reproducibility"])
-    # RecBole creates these with exists-then-makedirs: processes started together race on it
-    for folder in (os.path.join("log", config["model"]), "log_tensorboard", config["checkpoint_dir"]):
-        os.makedirs(folder, exist_ok=True)
-    init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-    if config["single_spec"] and (config["nproc"] or 1) > 1:
-        logger.warning(
-            f"nproc={config['nproc']} is set, but run_recbole_semprune() trains in this one "
-            "process: use recbole_semprune.quick_start.run(...) or run_recbole_semprune.py "
-            "--nproc=N to start several (docs/distributed.md)."
-        )
+    log_folder = os.path.join("log", config["model"])
+    folders = (log_folder, "log_tensorboard", config["checkpoint_dir"])
+    with _undone_on_user_error(folders, log_folder):
+        # RecBole creates these with exists-then-makedirs: processes started together race on it
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+        init_logger(config)
+        logger = getLogger()
+        logger.info(sys.argv)
+        logger.info(config)
+        for level, line in notes:
+            logger.log(level, line)
+        if config["single_spec"] and (config["nproc"] or 1) > 1:
+            logger.warning(
+                f"nproc={config['nproc']} is set, but run_recbole_semprune() trains in this one "
+                "process: use recbole_semprune.quick_start.run(...) or run_recbole_semprune.py "
+                "--nproc=N to start several (docs/distributed.md)."
+            )
 
-    dataset, train_data, valid_data, test_data, model, trainer = _build(config, logger, resume)
+        dataset, train_data, valid_data, test_data, model, trainer = _build(
+            config, logger, resume, checked=True
+        )
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)
@@ -92,9 +189,10 @@ def run_recbole_semprune(
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
-    test_result = trainer.evaluate(
-        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    test_result = plain_floats(
+        trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     )
+    best_valid_score, best_valid_result = float(best_valid_score), plain_floats(best_valid_result)
     trainer.remove_last_checkpoint()
 
     environment_tb = get_environment(config)
@@ -139,17 +237,13 @@ DISTRIBUTED_KEYS = {
 }
 
 
-def _file_settings(config_file_list):
-    """The distributed keys set in the user's config files (later files win)."""
-    import yaml
-
+def file_settings(config_file_list, keys):
+    """The ``keys`` set in the user's config files (later files win); a missing or broken
+    file raises :class:`~recbole_semprune.errors.SettingsError`."""
     settings = {}
     for file in config_file_list or []:
-        with open(file, "r", encoding="utf-8") as f:
-            content = yaml.safe_load(f) or {}
-        if isinstance(content, dict):
-            keys = {key for key, _ in DISTRIBUTED_KEYS.values()}
-            settings.update({key: value for key, value in content.items() if key in keys})
+        content = read_config_file(file)
+        settings.update({key: value for key, value in content.items() if key in keys})
     return settings
 
 
@@ -159,7 +253,8 @@ def distributed_settings(config_file_list=None, config_dict=None, **arguments):
     RecBole's default; checked, with ``world_size`` -1 resolved to ``nproc``."""
     from recbole_semprune.distributed import check_settings
 
-    layers = [_file_settings(config_file_list), dict(config_dict or {})]
+    keys = {key for key, _ in DISTRIBUTED_KEYS.values()}
+    layers = [file_settings(config_file_list, keys), dict(config_dict or {})]
     settings = {}
     for argument, (key, default) in DISTRIBUTED_KEYS.items():
         value = arguments.get(argument)
@@ -201,6 +296,8 @@ def run(
     nproc, world_size = settings["nproc"], settings["world_size"]
     if nproc == 1 and world_size == 1:
         return run_recbole_semprune(model, dataset, config_file_list, config_dict, saved)
+    # the processes would each fail with a traceback: check once here first
+    check_run(Config(model, dataset, config_file_list, config_dict))
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -222,13 +319,18 @@ def run(
 def objective_function(config_dict=None, config_file_list=None, saved=True):
     """Objective for ``recbole.trainer.HyperTuning`` (same contract as RecBole's own)."""
     config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    notes = check_run(config)
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     for handler in logger.handlers[:]:
         logger.removeHandler(handler)
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
-    _, train_data, valid_data, test_data, _, trainer = _build(config, resume=resume_state(config))
+    for level, line in notes:
+        logger.log(level, line)
+    _, train_data, valid_data, test_data, _, trainer = _build(
+        config, resume=resume_state(config), checked=True
+    )
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=False, saved=saved
     )
@@ -236,10 +338,10 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     trainer.remove_last_checkpoint()
     return {
         "model": config["model"],
-        "best_valid_score": best_valid_score,
+        "best_valid_score": float(best_valid_score),
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
+        "best_valid_result": plain_floats(best_valid_result),
+        "test_result": plain_floats(test_result),
     }
 
 

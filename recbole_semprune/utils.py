@@ -10,6 +10,9 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_semprune.data import protocol
+from recbole_semprune.errors import DatasetError, SettingsError, UserInputError
+
 RECBOLE_MODEL_PACKAGES = [
     "general_recommender",
     "context_aware_recommender",
@@ -19,7 +22,7 @@ RECBOLE_MODEL_PACKAGES = [
 ]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserInputError, ValueError):
     """No plugin or RecBole model has the requested name."""
 
 
@@ -94,14 +97,8 @@ def get_trainer(model_type, model_name):
     return Trainer if trainer is RecBoleTrainer else with_checkpoint_loading(trainer)
 
 
-class DatasetError(FileNotFoundError):
-    """A dataset is missing or lacks what its config asks for."""
-
-
-def _atomic_header(path):
-    with open(path, "r", encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-    return [column.split(":")[0] for column in header]
+__all__ = ["DatasetError", "UnknownModelError", "check_dataset_files", "create_dataset",
+           "get_model", "get_trainer", "check_train_rows", "check_negative_sampling"]
 
 
 def _how_to_get(dataset_name):
@@ -120,7 +117,11 @@ def _how_to_get(dataset_name):
 
 
 def check_dataset_files(config):
-    """Fail before RecBole does (it would try to download, or silently drop fields)."""
+    """Fail before RecBole does, in one line (it would try to download, silently drop fields
+    or stop on a bad value with a pandas traceback): the files exist, their headers are
+    well-formed and hold the fields ``load_col`` asks for and the protocol needs (user, item,
+    and time for a sequential model or a time-ordered split), and every value of a loaded
+    numeric field is a number. Raises :class:`DatasetError`."""
     name, path = config["dataset"], config["data_path"]
     inter_file = os.path.join(path, f"{name}.inter")
     if not os.path.isfile(inter_file):
@@ -139,7 +140,8 @@ def check_dataset_files(config):
             + _how_to_get(name)
             + (f" Datasets found in {os.path.abspath(parent)}: {', '.join(found)}." if found else "")
         )
-    for suffix, fields in (config["load_col"] or {}).items():
+    load_col = config["load_col"] or {}
+    for suffix, fields in load_col.items():
         atomic_file = os.path.join(path, f"{name}.{suffix}")
         if not os.path.isfile(atomic_file):
             raise DatasetError(
@@ -147,26 +149,90 @@ def check_dataset_files(config):
                 f"{os.path.abspath(atomic_file)} does not exist. Provide the file or remove "
                 f"'{suffix}' from load_col."
             )
-        have = _atomic_header(atomic_file)
-        missing = [field for field in fields if field not in have]
+        have = list(protocol.atomic_header(config, atomic_file))
+        missing = [field for field in fields if field not in have] if fields != "*" else []
         if missing:
             raise DatasetError(
                 f"{os.path.abspath(atomic_file)} has no field(s) {missing} that the config's "
                 f"load_col asks for (dataset_configs/{name}.yaml or your own config). "
                 f"Its fields are: {have}."
             )
+    _check_protocol_fields(config, inter_file)
+    for suffix in protocol.SUFFIXES:
+        atomic_file = protocol.atomic_file(config, suffix)
+        if os.path.isfile(atomic_file) and (config["load_col"] is None or suffix in load_col):
+            header = protocol.atomic_header(config, atomic_file)
+            fields = protocol.loaded_fields(config, suffix, header)
+            protocol.check_numeric_values(config, atomic_file, header, fields)
 
 
-def create_dataset(config):
-    """RecBole's ``create_dataset``, with a plugin dataset class where a model declares one."""
-    check_dataset_files(config)
-    dataset_class = getattr(get_model(config["model"]), "dataset_class", None)
-    if dataset_class is not None:
-        return dataset_class(config)
+def _check_protocol_fields(config, inter_file):
+    """The user and item id, and the time where the protocol orders by it, are loaded."""
+    from recbole.utils import ModelType
+
+    header = protocol.atomic_header(config, inter_file)
+    loaded = protocol.loaded_fields(config, "inter", header)
+    eval_args = config["eval_args"] or {}
+    ordered = eval_args.get("order") == "TO" or config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    needed = [("USER_ID_FIELD", "the user id"), ("ITEM_ID_FIELD", "the item id")]
+    if ordered:
+        needed.append(("TIME_FIELD", "the time each user's interactions are ordered by"))
+    for key, what in needed:
+        field = config[key]
+        if field in loaded:
+            continue
+        if field in header:
+            raise SettingsError(
+                f"load_col does not load '{field}' ({key}: {what}) from {inter_file}: add it "
+                f"to load_col, e.g. load_col: {{inter: {loaded + [field]}}}."
+            )
+        raise DatasetError(
+            f"{inter_file} has no field '{field}' ({key}: {what}); its fields are "
+            f"{list(header)}. Name the column {field}, or set {key} to the name of yours."
+            + (
+                " Without a time, give each user's interactions increasing numbers in "
+                "their order (e.g. 0, 1, 2 ...) as timestamp:float."
+                if key == "TIME_FIELD"
+                else ""
+            )
+        )
+
+
+def check_negative_sampling(config):
+    """A model trained on (positive, negative) pairs gets negatives (SettingsError otherwise;
+    RecBole would stop on a KeyError for ``neg_item_id`` in the first batch)."""
+    from recbole.utils import InputType
+
+    sampling = config["train_neg_sample_args"] or {}
+    if config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE and sampling.get("distribution") == "none":
+        raise SettingsError(
+            f"{config['model']} trains on (positive, negative) pairs, but train_neg_sample_args "
+            "is ~ (no negatives): remove that setting, or set train_neg_sample_args: "
+            "{distribution: uniform, sample_num: 1}."
+        )
+
+
+def check_train_rows(config):
+    """``train_rows`` is a setting of the plugin's SID datasets only (ValueError otherwise)."""
+    if getattr(get_model(config["model"]), "dataset_class", None) is not None:
+        return
     if (config["train_rows"] or "prefix") != "prefix":
         raise ValueError(
             f"train_rows: {config['train_rows']} is a setting of this plugin's SID datasets; "
             f"{config['model']} uses RecBole's own dataset, which always makes one training row "
             "per prefix. Remove train_rows for this model."
         )
+
+
+def create_dataset(config, check_files=True):
+    """RecBole's ``create_dataset``, with a plugin dataset class where a model declares one.
+
+    ``check_files``: run :func:`check_dataset_files` first (False where the caller did).
+    """
+    if check_files:
+        check_dataset_files(config)
+    dataset_class = getattr(get_model(config["model"]), "dataset_class", None)
+    if dataset_class is not None:
+        return dataset_class(config)
+    check_train_rows(config)
     return recbole_create_dataset(config)

@@ -96,6 +96,13 @@ class MultiStepMixin:
                 self.initializer_range,
             )
 
+    @classmethod
+    def check_config(cls, config):
+        """The backbone's checks, then the MAP keys (before any data is loaded)."""
+        warnings = super().check_config(config)
+        MultiStepSettings.from_config(config)
+        return warnings
+
     def step_log_probs(self, hidden, next_tokens, step):
         """Log-probabilities of ``next_tokens`` ``step`` steps beyond the ordinary target."""
         return self.token_log_probs(self.map_heads(hidden, step), next_tokens)

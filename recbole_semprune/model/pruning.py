@@ -451,6 +451,15 @@ class TokenPruningMixin:
             config, self.n_layers, self.max_seq_length * self.n_levels, self.default_prune_scorer
         )
 
+    @classmethod
+    def check_config(cls, config):
+        """The backbone's checks, then the pruning keys (before any data is loaded)."""
+        warnings = super().check_config(config)
+        # every level of the semantic IDs plus the de-duplication level, per history item
+        max_tokens = config["MAX_ITEM_LIST_LENGTH"] * (config["sid_levels"] + 1)
+        TokenPruner.from_config(config, config["n_layers"], max_tokens, cls.default_prune_scorer)
+        return warnings
+
     @property
     def pruning(self):
         """Whether the current mode (train / eval) prunes."""

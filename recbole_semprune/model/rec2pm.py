@@ -131,42 +131,12 @@ class Rec2PM(DecoderOnlySID):
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
         self.dense_loss = True
-        self.segment_len = self._positive_int(config, "segment_len", "items per segment")
-        self.mem_tokens = self._positive_int(config, "mem_tokens", "memory (query) tokens")
-        if self.segment_len > self.max_seq_length:
-            raise ValueError(
-                f"segment_len={self.segment_len} exceeds MAX_ITEM_LIST_LENGTH="
-                f"{self.max_seq_length}: no history could fill a segment. Use a smaller "
-                "segment_len or a larger MAX_ITEM_LIST_LENGTH."
-            )
-        self.tail_len = config["tail_len"] or 0
-        if isinstance(self.tail_len, bool) or not isinstance(self.tail_len, int) or not (
-            0 <= self.tail_len <= self.segment_len
-        ):
-            raise ValueError(
-                f"tail_len (items of the previous segment a step re-reads) must be an integer "
-                f"in [0, segment_len={self.segment_len}], got {config['tail_len']!r}"
-            )
-        if self.tail_len + self.segment_len > self.max_seq_length:
-            raise ValueError(
-                f"tail_len + segment_len = {self.tail_len + self.segment_len} exceeds "
-                f"MAX_ITEM_LIST_LENGTH={self.max_seq_length} (the positions of one step)"
-            )
-        self.con_weight = float(1.0 if config["con_weight"] is None else config["con_weight"])
-        if not self.con_weight >= 0:
-            raise ValueError(f"con_weight must be >= 0, got {config['con_weight']}")
+        settings = self.memory_settings(config)
+        self.segment_len, self.mem_tokens = settings["segment_len"], settings["mem_tokens"]
+        self.tail_len, self.con_weight = settings["tail_len"], settings["con_weight"]
         self.detach_reference = bool(config["detach_reference"])
-        self.memory_mode = config["memory_mode"] or "overwrite"
-        if self.memory_mode not in MEMORY_MODES:
-            raise ValueError(
-                f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}"
-            )
-        self.initial_memory_mode = config["initial_memory"] or "learned"
-        if self.initial_memory_mode not in INITIAL_MEMORIES:
-            raise ValueError(
-                f"initial_memory must be one of {', '.join(INITIAL_MEMORIES)}, "
-                f"got {self.initial_memory_mode!r}"
-            )
+        self.memory_mode = settings["memory_mode"]
+        self.initial_memory_mode = settings["initial_memory"]
 
         d, c = self.hidden_size, self.mem_tokens
         self.segment_tokens = self.segment_len * self.n_levels
@@ -194,6 +164,57 @@ class Rec2PM(DecoderOnlySID):
     @classmethod
     def dense_stream_loss(cls, config):
         return True
+
+    @classmethod
+    def check_config(cls, config):
+        warnings = super().check_config(config)
+        cls.memory_settings(config)
+        return warnings
+
+    @classmethod
+    def memory_settings(cls, config):
+        """The memory keys, checked: ``segment_len``, ``mem_tokens``, ``tail_len``,
+        ``con_weight``, ``memory_mode``, ``initial_memory`` (ValueError on a bad one)."""
+        max_length = config["MAX_ITEM_LIST_LENGTH"]
+        segment_len = cls._positive_int(config, "segment_len", "items per segment")
+        mem_tokens = cls._positive_int(config, "mem_tokens", "memory (query) tokens")
+        if segment_len > max_length:
+            raise ValueError(
+                f"segment_len={segment_len} exceeds MAX_ITEM_LIST_LENGTH={max_length}: no "
+                "history could fill a segment. Use a smaller segment_len or a larger "
+                "MAX_ITEM_LIST_LENGTH."
+            )
+        tail_len = config["tail_len"] or 0
+        if isinstance(tail_len, bool) or not isinstance(tail_len, int) or not (
+            0 <= tail_len <= segment_len
+        ):
+            raise ValueError(
+                f"tail_len (items of the previous segment a step re-reads) must be an integer "
+                f"in [0, segment_len={segment_len}], got {config['tail_len']!r}"
+            )
+        if tail_len + segment_len > max_length:
+            raise ValueError(
+                f"tail_len + segment_len = {tail_len + segment_len} exceeds "
+                f"MAX_ITEM_LIST_LENGTH={max_length} (the positions of one step)"
+            )
+        con_weight = float(1.0 if config["con_weight"] is None else config["con_weight"])
+        if not con_weight >= 0:
+            raise ValueError(f"con_weight must be >= 0, got {config['con_weight']}")
+        memory_mode = config["memory_mode"] or "overwrite"
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(
+                f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {memory_mode!r}"
+            )
+        initial_memory = config["initial_memory"] or "learned"
+        if initial_memory not in INITIAL_MEMORIES:
+            raise ValueError(
+                f"initial_memory must be one of {', '.join(INITIAL_MEMORIES)}, "
+                f"got {initial_memory!r}"
+            )
+        return {
+            "segment_len": segment_len, "mem_tokens": mem_tokens, "tail_len": tail_len,
+            "con_weight": con_weight, "memory_mode": memory_mode, "initial_memory": initial_memory,
+        }
 
     @staticmethod
     def _positive_int(config, key, what):

@@ -17,9 +17,12 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_semprune.data.protocol import item_text_fields
 from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
 from recbole_semprune.model.layers import TransformerStack, init_weights
 from recbole_semprune.sid import SemanticIDs, build_semantic_ids
+from recbole_semprune.sid.settings import read_settings
+from recbole_semprune.sid.tokenizer import check_sizes, fitted_codebook_size
 
 
 class SIDRecommender(SequentialRecommender):
@@ -73,14 +76,7 @@ class SIDRecommender(SequentialRecommender):
         self.padding_free = bool(config["padding_free"])
         # generate only items that are not in the input history (for data without repeats)
         self.exclude_seen = bool(config["exclude_seen"])
-        topk = config["topk"] or []
-        topk = [topk] if isinstance(topk, int) else topk
-        if topk and self.beam_size < max(topk):
-            raise ValueError(
-                f"beam_size={self.beam_size} is smaller than the largest topk={max(topk)}: beam "
-                f"search returns beam_size items, so metrics @{max(topk)} would be wrong. "
-                f"Set --beam_size={max(topk)} or more."
-            )
+        self.check_beam_size(config)
 
         # tokens 1..n_codes are codes; n_codes + 1 is BOS (used by encoder-decoder models)
         self.bos_token = self.n_codes + 1
@@ -89,6 +85,67 @@ class SIDRecommender(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
         self.embedding_dropout = nn.Dropout(self.hidden_dropout_prob)
         self.output = nn.Linear(self.hidden_size, self.n_codes, bias=False)
+
+    @staticmethod
+    def check_beam_size(config):
+        """``beam_size`` is at least the largest ``topk`` (ValueError otherwise)."""
+        beam_size, topk = config["beam_size"], config["topk"] or []
+        topk = [topk] if isinstance(topk, int) else topk
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+        if topk and beam_size < max(topk):
+            raise ValueError(
+                f"beam_size={beam_size} is smaller than the largest topk={max(topk)}: beam "
+                f"search returns beam_size items, so metrics @{max(topk)} would be wrong. "
+                f"Set --beam_size={max(topk)} or more."
+            )
+
+    @classmethod
+    def check_config(cls, config):
+        """Check this model's settings before any data is loaded (``quick_start.check_run``):
+        the ``sid_*`` keys, ``beam_size`` against ``topk`` and, for a text backend, that the
+        ``sid_text_fields`` are loaded. Subclasses add their own keys. Raises ValueError;
+        returns warnings (item text in the ``.item`` file that ``load_col`` leaves out)."""
+        settings = read_settings(config)
+        cls.check_beam_size(config)
+        if settings["sid_embedding"] not in ("tfidf", "sentence"):
+            return []
+        loaded, left_out = item_text_fields(config)
+        missing = [f for f in settings["sid_text_fields"] or [] if f not in loaded]
+        if missing:
+            raise ValueError(
+                f"sid_text_fields names {missing}, which load_col does not load from "
+                f"{config['dataset']}.item (its loaded text fields: {loaded}): add them to "
+                f"load_col: {{item: [{config['ITEM_ID_FIELD']}, ...]}} or drop them from "
+                "sid_text_fields."
+            )
+        if left_out and settings["sid_text_fields"] is None:
+            return [
+                f"{config['dataset']}.item has text fields {left_out} that load_col does not "
+                "load, so the semantic IDs do not read them: add them to load_col: {item: "
+                "[...]} to use them."
+            ]
+        return []
+
+    @classmethod
+    def fit_to_dataset(cls, config, dataset):
+        """Settings sized by the data, before the semantic IDs are built: a default
+        ``sid_codebook_size`` larger than the dataset's items is lowered to fit (returns the
+        log line); one the user set raises ValueError."""
+        settings, num_items = read_settings(config), dataset.item_num - 1
+        try:
+            check_sizes(settings, num_items, dataset.dataset_name)
+        except ValueError:
+            if "sid_codebook_size" in getattr(config, "external_config_dict", {}):
+                raise
+            size = fitted_codebook_size(num_items)
+            config["sid_codebook_size"] = size
+            return [
+                f"sid_codebook_size: the default {settings['sid_codebook_size']} is larger than "
+                f"the {num_items} items of '{dataset.dataset_name}': using {size} (set "
+                "sid_codebook_size to choose)"
+            ]
+        return []
 
     @classmethod
     def checkpoint_init_kwargs(cls, state_dict):
@@ -224,16 +281,29 @@ class BackboneSwitch:
     default_backbone = "tiger"
     backbones = {}
 
-    def __new__(cls, config=None, dataset=None, semantic_ids=None):
-        if config is None:  # copy.deepcopy / pickle re-create the object without arguments
-            return super().__new__(cls)
+    @classmethod
+    def backbone_class(cls, config):
+        """The class that ``config``'s ``backbone`` builds (ValueError for an unknown one)."""
         backbone = config["backbone"] or cls.default_backbone
         if backbone not in cls.backbones:
             raise ValueError(
                 f"backbone={backbone!r}: {cls.__name__} runs on one of {', '.join(cls.backbones)}"
             )
-        if backbone == cls.default_backbone:
+        return cls.backbones[backbone]
+
+    @classmethod
+    def check_config(cls, config):
+        target = cls.backbone_class(config)
+        if target is cls:
+            return super().check_config(config)
+        return target.check_config(config)
+
+    def __new__(cls, config=None, dataset=None, semantic_ids=None):
+        if config is None:  # copy.deepcopy / pickle re-create the object without arguments
             return super().__new__(cls)
-        model = object.__new__(cls.backbones[backbone])
+        target = cls.backbone_class(config)
+        if target is cls:
+            return super().__new__(cls)
+        model = object.__new__(target)
         model.__init__(config, dataset, semantic_ids)
         return model

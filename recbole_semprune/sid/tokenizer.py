@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 from recbole.utils import set_color
+from tqdm import tqdm
 
 from recbole_semprune import distributed
 from recbole_semprune.sid import cache
@@ -105,15 +106,30 @@ def random_codes(count, sizes, generator):
     ).reshape(count, len(sizes))
 
 
-def _check_sizes(settings, num_items, dataset_name):
+def fitted_codebook_size(num_items):
+    """A codebook size for ``num_items`` items (about 16 items per code, at most 256)."""
+    return max(2, min(256, num_items // 16))
+
+
+def check_sizes(settings, num_items, dataset_name):
+    """The semantic levels' codebook sizes; ValueError if they exceed the items."""
     size = settings["sid_codebook_size"]
     if size > num_items:
         raise ValueError(
             f"sid_codebook_size={size} is larger than the number of items ({num_items}) of "
             f"dataset '{dataset_name}': a codebook cannot have more codes than items. Use "
-            f"sid_codebook_size <= {num_items} (e.g. {max(2, min(256, num_items // 16))})."
+            f"sid_codebook_size <= {num_items} (e.g. {fitted_codebook_size(num_items)})."
         )
     return [size] * settings["sid_levels"]
+
+
+def _progress_bar(config, first_stage):
+    """RecBole-style bar over the three stages of a build (embeddings, quantiser,
+    de-duplication), shown when ``show_progress`` is on."""
+    show = bool(config["show_progress"]) if "show_progress" in config else False
+    bar = tqdm(total=3, ncols=100, desc=set_color("Semantic IDs", "pink"), disable=not show)
+    bar.set_postfix_str(first_stage)
+    return bar
 
 
 def _cache_dir(settings, config):
@@ -182,7 +198,7 @@ def _build_semantic_ids(config, dataset):
     num_items = item_num - 1
     if num_items < 2:
         raise ValueError(f"Dataset '{dataset_name}' has {num_items} item(s): nothing to encode.")
-    sizes = _check_sizes(settings, num_items, dataset_name)
+    sizes = check_sizes(settings, num_items, dataset_name)
     backend = settings["sid_embedding"]
     item_tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
 
@@ -226,8 +242,11 @@ def _build_semantic_ids(config, dataset):
     logger.info(
         set_color("Building semantic IDs", "green")
         + f" for {num_items} items of '{dataset_name}' ({method}, "
-        + f"{'x'.join(map(str, sizes))} + dedup)"
+        + f"{'x'.join(map(str, sizes))} + dedup"
+        + (f", text fields {fields}" if text_backend else "")
+        + ")"
     )
+    progress = _progress_bar(config, f"{method} item embeddings")
     generator = torch.Generator().manual_seed(settings["seed"])
     prefix = torch.full((item_num, len(sizes)), PAD_CODE, dtype=torch.long)
     if backend == "random":
@@ -239,8 +258,12 @@ def _build_semantic_ids(config, dataset):
     else:
         embeddings = item_embeddings(settings, texts, item_tokens, lambda: interactions)
         embedding_seconds = time.perf_counter() - start
+        progress.update()
+        progress.set_postfix_str(f"{settings['sid_quantizer']} quantiser")
         quantized, blank_items = _quantize_items(settings, embeddings, sizes, prefix, generator)
     quantize_seconds = time.perf_counter() - start - embedding_seconds
+    progress.update()
+    progress.set_postfix_str("de-duplication")
 
     _, before = deduplicate(prefix[1:])
     prefixes_before = int(len(torch.unique(prefix[1:], dim=0)))
@@ -335,6 +358,8 @@ def _build_semantic_ids(config, dataset):
         "cache_hit": False,
         "cache_path": path if settings["sid_cache"] else None,
     }
+    progress.update(3 - progress.n)
+    progress.close()
     if settings["sid_cache"]:
         cache.save(path, key, codes, level_sizes, meta)
         logger.info(f"Semantic IDs saved to [{path}]")
