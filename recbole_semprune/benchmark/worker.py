@@ -27,7 +27,7 @@ import os
 import platform
 import sys
 import warnings
-from time import perf_counter
+from time import perf_counter, process_time
 
 import numpy as np
 import torch
