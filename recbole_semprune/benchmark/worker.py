@@ -294,7 +294,7 @@ def _run_model(spec, budget, on_trained):
     # grow while other processes hold the CPU, so it compares models better on a shared machine
     train_cpu_seconds = sum(s["cpu_seconds"] for s in stats)
     figures["train_cpu_seconds"] = train_cpu_seconds
-    figures.update(utilisation(model, train_data, figures, config["device"], spec.get("flop_batches", 4)))
+    figures.update(utilisation(model, train_data, figures, config["device"], spec.get("flop_batches", 2)))
     figures["train_cpu_seconds_per_step"] = train_cpu_seconds / figures["train_steps"]
     if budget["mode"] == "max_steps" and figures["train_steps"] != int(budget["value"]):
         raise RuntimeError(
