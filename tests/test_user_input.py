@@ -66,7 +66,7 @@ def one_error_line(err):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--model=RASTP", "--keep_ratio=0"], "keep_ratio=0 must be in (0, 1]"),
+        (["--model=RASTP", "--keep_ratio=0"], "keep_ratio=0 must be a number or a fraction 'a/b' in (0, 1]"),
         (["--model=RASTP", "--prune_layer=9"], "prune_layer=9 must be an int in [1, 4]"),
         (["--model=TIGER", "--beam_size=5"], "beam_size=5 is smaller than the largest topk=20"),
         (["--model=TIGER", "--sid_levels=0"], "sid_levels must be an integer >= 1, got 0"),
