@@ -32,6 +32,8 @@ from time import perf_counter, process_time
 import numpy as np
 import torch
 
+from recbole_semprune.data.batching import LengthBucketBatchSampler, use_length_buckets
+
 SPEC_VERSION = 1
 TRAINED_FILE = "trained.json"  # the training figures, written before evaluation starts
 
@@ -137,7 +139,10 @@ def first_users_loader(loader, max_users):
     dataset = loader._dataset
     rows = np.flatnonzero(np.isin(dataset.inter_feat[dataset.uid_field].numpy(), keep))
     subset = dataset.copy(dataset.inter_feat[torch.from_numpy(rows)])
-    return type(loader)(loader.config, subset, loader._sampler, shuffle=False), keep
+    restricted = type(loader)(loader.config, subset, loader._sampler, shuffle=False)
+    if isinstance(getattr(loader, "batch_sampler", None), LengthBucketBatchSampler):
+        use_length_buckets(restricted, loader.config, shuffle=False)  # as the full loader
+    return restricted, keep
 
 
 def _users_fingerprint(dataset, uids):
