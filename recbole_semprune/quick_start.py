@@ -23,13 +23,13 @@ from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_semprune.checkpoint import build_model, resume_state
+from recbole_semprune import checkpoint
 from recbole_semprune.compat import load_checkpoint
 from recbole_semprune.config import Config, dataset_config_file, read_config_file
 from recbole_semprune.data.batching import use_length_buckets
 from recbole_semprune.data.protocol import complete_protocol
 from recbole_semprune.errors import SettingsError, UserInputError
-from recbole_semprune.trainer import exclude_seen
+from recbole_semprune.trainer import Trainer, exclude_seen
 from recbole_semprune.utils import (
     check_dataset_files,
     check_negative_sampling,
@@ -108,6 +108,45 @@ def plain_floats(result):
     return {key: float(value) for key, value in result.items()}
 
 
+def resume_state(config):
+    """``(path, state)`` of the run that ``config["resume"]`` names, or None to start afresh.
+
+    Raises :class:`ResumeError` (one line) on a bad value, nothing to resume, a state of other
+    settings, or a run this resume cannot continue, before anything expensive is built.
+    """
+    value = config["resume"]
+    if value is None or value is False:
+        return None
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])
+    if not issubclass(trainer, Trainer):
+        raise checkpoint.ResumeError(
+            f"resume: {config['model']} trains with RecBole's {trainer.__name__}; only models "
+            "on the plain Trainer (every sequential model, every model of this plugin) resume"
+        )
+    if not config["single_spec"]:
+        raise checkpoint.ResumeError("resume: only single-process runs resume (nproc=1)")
+    if value is True:
+        path = checkpoint.find_last_checkpoint(config)
+    elif isinstance(value, str):
+        path = value
+    else:
+        raise checkpoint.ResumeError(
+            f"resume must be True, False or the path of a <Model>-<time>{checkpoint.LAST_SUFFIX} file, "
+            f"got {value!r}"
+        )
+    return path, checkpoint.load_resume_state(path, config)
+
+
+def build_model(config, dataset, state_dict=None):
+    """``config["model"]`` on ``dataset``; with a checkpoint's ``state_dict``, a SID model takes
+    its semantic IDs from it (``checkpoint_init_kwargs``) instead of rebuilding them."""
+    model_class = get_model(config["model"])
+    kwargs = {}
+    if state_dict is not None and hasattr(model_class, "checkpoint_init_kwargs"):
+        kwargs = model_class.checkpoint_init_kwargs(state_dict)
+    return model_class(config, dataset, **kwargs)
+
+
 def prepare_data(config, dataset):
     """RecBole's ``data_preparation``; for a model that trims its batches to the longest row
     (``padding_free_batches``, the SID models) with ``padding_free`` on, every loader then
@@ -121,7 +160,7 @@ def prepare_data(config, dataset):
 
 def _build(config, logger=None, resume=None, checked=False):
     """Dataset, splits, model and trainer for ``config``, as RecBole's quick start builds them;
-    ``resume``: ``(path, state)`` of :func:`checkpoint.resume_state`, which the trainer
+    ``resume``: ``(path, state)`` of :func:`resume_state`, which the trainer
     continues (the model gets the state's semantic IDs); ``checked``: :func:`check_run`
     already checked the dataset's files."""
     dataset = create_dataset(config, check_files=not checked)
@@ -352,8 +391,8 @@ def load_data_and_model(model_file, device=None):
     the model gets the checkpoint's weights and buffers. ``device`` overrides the device the
     checkpoint was trained on (default: that one if available, else CPU).
     """
-    checkpoint = load_checkpoint(model_file, map_location="cpu")
-    config = checkpoint["config"]
+    saved = load_checkpoint(model_file, map_location="cpu")
+    config = saved["config"]
     if not config["single_spec"]:  # written by a multi-process run: reload in this one
         config["single_spec"], config["local_rank"] = True, 0
     if device is None:
@@ -370,8 +409,8 @@ def load_data_and_model(model_file, device=None):
     train_data, valid_data, test_data = prepare_data(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     # SID models take their codes from the checkpoint instead of rebuilding them
-    model = build_model(config, train_data._dataset, checkpoint["state_dict"])
+    model = build_model(config, train_data._dataset, saved["state_dict"])
     model = model.to(config["device"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.load_state_dict(saved["state_dict"])
+    model.load_other_parameter(saved.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

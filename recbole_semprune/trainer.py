@@ -239,7 +239,7 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
 
     def resume_from(self, path, state):
         """Continue the run whose resume state ``state`` was read from ``path`` (see
-        :func:`checkpoint.resume_state`): the model (built with the state's semantic IDs),
+        :func:`recbole_semprune.quick_start.resume_state`): the model (built with the state's semantic IDs),
         optimiser, scheduler, early stopping, figures and best checkpoint now are the
         interrupted run's after its last completed epoch; the random states follow when
         :meth:`fit` gets the data loaders."""

@@ -231,8 +231,12 @@ def create_dataset(config, check_files=True):
     """
     if check_files:
         check_dataset_files(config)
-    dataset_class = getattr(get_model(config["model"]), "dataset_class", None)
-    if dataset_class is not None:
-        return dataset_class(config)
+    model_class = get_model(config["model"])
+    dataset_class = getattr(model_class, "dataset_class", None)
+    if dataset_class is not None:  # what the model needs from its data is asked here
+        future = getattr(model_class, "future_items", None)
+        dense = getattr(model_class, "dense_stream_loss", None)
+        return dataset_class(config, future_items=future(config) if future else 0,
+                             dense_stream_loss=bool(dense and dense(config)))
     check_train_rows(config)
     return recbole_create_dataset(config)

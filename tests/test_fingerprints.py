@@ -89,7 +89,7 @@ def record(folder):
 def test_recorded_weights_give_the_recorded_figures(variant, workdir):
     from recbole.utils import init_seed
 
-    from recbole_semprune.checkpoint import build_model
+    from recbole_semprune.quick_start import build_model
     from recbole_semprune.config import Config
     from recbole_semprune.quick_start import prepare_data
     from recbole_semprune.utils import create_dataset

@@ -15,7 +15,7 @@ from recbole_semprune import checkpoint
 from recbole_semprune.checkpoint import ResumeError
 from recbole_semprune.compat import load_checkpoint
 from recbole_semprune.config import Config
-from recbole_semprune.quick_start import run_recbole_semprune
+from recbole_semprune.quick_start import resume_state, run_recbole_semprune
 from recbole_semprune.trainer import Trainer
 
 # a few epochs, validated after each, with early stopping able to act
@@ -98,7 +98,7 @@ config, kill_at = json.loads(sys.argv[1])
 sys.argv = ["child"]  # RecBole's Config reads the command line
 import torch
 from recbole_semprune import checkpoint
-from recbole_semprune.quick_start import run_recbole_semprune
+from recbole_semprune.quick_start import resume_state, run_recbole_semprune
 
 save = torch.save
 writes = []
@@ -189,7 +189,7 @@ def write_state(tiny_data, model="SASRec", **overrides):
 def resume_error(tiny_data, model="SASRec", **overrides):
     config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **overrides})
     with pytest.raises(ResumeError) as error:
-        checkpoint.resume_state(config)
+        resume_state(config)
     message = str(error.value)
     assert "\n" not in message
     return message
@@ -213,7 +213,7 @@ def test_resume_errors_are_one_line_and_specific(tiny_data):
     # what may change: more epochs, another device or progress display, its own key
     config = Config(model="SASRec", dataset="tiny",
                     config_dict={**tiny_data, "resume": True, "epochs": 5, "show_progress": True})
-    path, state = checkpoint.resume_state(config)
+    path, state = resume_state(config)
     assert path == last and state["epoch"] == 0
 
 

@@ -14,6 +14,16 @@ optimisation steps), seed and machine, one after another, each in a fresh proces
 * :mod:`.report` turns the per-model results into the tables and the optional plot.
 """
 
-from recbole_semprune.benchmark.cli import BenchmarkError, main, parse_args, run_benchmark
+import sys
+
+from recbole_semprune.benchmark import cli, latency
+from recbole_semprune.benchmark.cli import BenchmarkError, parse_args, run_benchmark
 
 __all__ = ["BenchmarkError", "main", "parse_args", "run_benchmark"]
+
+
+def main(argv=None):
+    """``python -m recbole_semprune.benchmark``: the latency mode (``--latency``,
+    ``--latency_lengths``; :mod:`.latency`) or the training benchmark (:func:`cli.main`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return latency.main(argv) if latency.requested(argv) else cli.main(argv)

@@ -1,5 +1,5 @@
 import sys
 
-from recbole_semprune.benchmark.cli import main
+from recbole_semprune.benchmark import main
 
 sys.exit(main())

@@ -542,10 +542,6 @@ def write_tables(output, meta, rows):
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 a model failed, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from recbole_semprune.benchmark import latency
-
-    if latency.requested(argv):  # --latency / --latency_lengths=...: see benchmark/latency.py
-        return latency.main(argv)
     try:
         with _cli_logging():
             status, output, _ = run_benchmark(argv)

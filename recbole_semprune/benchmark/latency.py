@@ -415,7 +415,7 @@ def run_latency(argv):
 
 
 def main(argv):
-    """Entry point of the latency mode (from :func:`recbole_semprune.benchmark.cli.main`)."""
+    """Entry point of the latency mode (from :func:`recbole_semprune.benchmark.main`)."""
     from recbole_semprune.benchmark import cli
 
     try:

@@ -45,12 +45,13 @@ def future_field(config):
     return f"{config['ITEM_ID_FIELD']}_future"
 
 
-def train_rows_mode(config):
-    """``train_rows`` of ``config`` (``prefix`` when unset), checked against the model."""
+def train_rows_mode(config, dense_stream_loss):
+    """``train_rows`` of ``config`` (``prefix`` when unset), checked against the model
+    (``dense_stream_loss``: whether it trains with a next-token loss on the whole stream)."""
     mode = config["train_rows"] or "prefix"
     if mode not in TRAIN_ROWS:
         raise ValueError(f"train_rows must be one of {', '.join(TRAIN_ROWS)}, got {mode!r}")
-    if mode == "user" and not _model_needs(config, "dense_stream_loss"):
+    if mode == "user" and not dense_stream_loss:
         raise ValueError(
             f"train_rows: user keeps one training row per user, which only a model trained with "
             f"a next-token loss on the whole stream learns every prefix from; {config['model']} "
@@ -60,19 +61,15 @@ def train_rows_mode(config):
     return mode
 
 
-def _model_needs(config, method):
-    from recbole_semprune.utils import get_model
-
-    need = getattr(get_model(config["model"]), method, None)
-    return need(config) if need is not None else 0
-
-
 class SIDSequentialDataset(SequentialDataset):
-    """RecBole's sequential dataset plus the training-only fields a model asks for."""
+    """RecBole's sequential dataset plus the training-only fields a model asks for:
+    ``future_items`` per training row and whether it has a ``dense_stream_loss`` (the model
+    class's answers, passed in by :func:`recbole_semprune.utils.create_dataset`, so the data
+    never imports a model)."""
 
-    def __init__(self, config):
-        self.train_rows = train_rows_mode(config)
-        self.n_future_items = int(_model_needs(config, "future_items"))
+    def __init__(self, config, future_items=0, dense_stream_loss=False):
+        self.train_rows = train_rows_mode(config, dense_stream_loss)
+        self.n_future_items = int(future_items)
         if self.n_future_items < 0:
             raise ValueError(f"future items must be >= 0, got {self.n_future_items}")
         super().__init__(config)
