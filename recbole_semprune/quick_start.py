@@ -36,6 +36,7 @@ from recbole_semprune.utils import (
     check_train_rows,
     create_dataset,
     get_model,
+    is_sid_model,
     get_trainer,
 )
 
@@ -57,8 +58,9 @@ def check_run(config):
     A dataset without a dataset config gets its ``load_col`` from its files' headers
     (:func:`~recbole_semprune.data.protocol.complete_protocol`); the dataset's files are
     checked (:func:`~recbole_semprune.utils.check_dataset_files`); a pairwise model must get
-    negatives; ``train_rows`` is checked against the dataset class; a model with a ``check_config(config)`` class method (every SID
-    model) checks its settings there, raising ValueError on a bad one and returning warnings.
+    negatives; renamed keys are refused (:data:`RENAMED_KEYS`); ``train_rows`` is checked
+    against the model; a SID model checks its settings in its class method
+    ``check_config(config)``, raising ValueError on a bad one and returning warnings.
     Raises a :class:`~recbole_semprune.errors.UserInputError`; returns ``(level, message)``
     log lines for when the logger is set up.
     """
@@ -66,11 +68,25 @@ def check_run(config):
     notes = [(logging.INFO, line) for line in complete_protocol(config, has_config)]
     check_dataset_files(config)
     check_negative_sampling(config)
+    check_renamed_keys(config)
     _settings_errors(check_train_rows, config)
-    check = getattr(get_model(config["model"]), "check_config", None)
-    if check is not None:
-        notes += [(logging.WARNING, line) for line in _settings_errors(check, config) or []]
+    model_class = get_model(config["model"])
+    if is_sid_model(model_class):
+        notes += [(logging.WARNING, line)
+                  for line in _settings_errors(model_class.check_config, config)]
     return notes
+
+
+# keys an earlier version read -> the key that replaced them
+RENAMED_KEYS = {"map_steps": "multistep_steps", "map_weight": "multistep_weight",
+                "map_heads": "multistep_heads"}
+
+
+def check_renamed_keys(config):
+    """A key set by the user that was renamed is refused, naming the new key (SettingsError)."""
+    for old, new in RENAMED_KEYS.items():
+        if old in getattr(config, "external_config_dict", {}):
+            raise SettingsError(f"{old} was renamed {new}: set {new} instead of {old}.")
 
 
 @contextlib.contextmanager
@@ -142,17 +158,17 @@ def build_model(config, dataset, state_dict=None):
     its semantic IDs from it (``checkpoint_init_kwargs``) instead of rebuilding them."""
     model_class = get_model(config["model"])
     kwargs = {}
-    if state_dict is not None and hasattr(model_class, "checkpoint_init_kwargs"):
+    if state_dict is not None and is_sid_model(model_class):
         kwargs = model_class.checkpoint_init_kwargs(state_dict)
     return model_class(config, dataset, **kwargs)
 
 
 def prepare_data(config, dataset):
     """RecBole's ``data_preparation``; for a model that trims its batches to the longest row
-    (``padding_free_batches``, the SID models) with ``padding_free`` on, every loader then
+    (the SID models) with ``padding_free`` on, every loader then
     draws length-bucketed batches (:mod:`recbole_semprune.data.batching`)."""
     loaders = data_preparation(config, dataset)
-    if config["padding_free"] and getattr(get_model(config["model"]), "padding_free_batches", False):
+    if is_sid_model(get_model(config["model"])) and config["padding_free"]:
         for loader, shuffle in zip(loaders, (config["shuffle"], False, False)):
             use_length_buckets(loader, config, shuffle)
     return loaders
@@ -167,9 +183,8 @@ def _build(config, logger=None, resume=None, checked=False):
     if logger:
         logger.info(dataset)
     model_class = get_model(config["model"])
-    fit = getattr(model_class, "fit_to_dataset", None)
-    if fit is not None:  # settings sized by the data (SID codebooks), before any is built
-        for line in _settings_errors(fit, config, dataset) or []:
+    if is_sid_model(model_class):  # settings sized by the data (codebooks), before any is built
+        for line in _settings_errors(model_class.fit_to_dataset, config, dataset):
             getLogger().info(line)
     train_data, valid_data, test_data = prepare_data(config, dataset)
     # one seed per process (RecBole adds local_rank, which repeats on every machine)

@@ -11,9 +11,10 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_semprune import checkpoint
+from recbole_semprune import checkpoint, validate
 from recbole_semprune.compat import recbole_checkpoint_loading
 from recbole_semprune.distributed import DistributedTrainerMixin
+from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
 class PeakMemory:
@@ -58,10 +59,9 @@ class PeakMemory:
 
 
 def count_input_tokens(model, interaction):
-    """Input tokens of a batch: the model's own count (SID models: items x levels), else items."""
-    counter = getattr(model, "count_input_tokens", None)
-    if counter is not None:
-        return int(counter(interaction))
+    """Input tokens of a batch: a SID model's own count (items x levels), else items."""
+    if isinstance(model, SIDRecommender):
+        return int(model.count_input_tokens(interaction))
     length_field = getattr(model, "ITEM_SEQ_LEN", None)
     if length_field is not None and length_field in interaction:
         return int(interaction[length_field].sum())
@@ -71,8 +71,9 @@ def count_input_tokens(model, interaction):
 def count_token_slots(model, interaction):
     """Token slots a model computes for a batch, padding included (SID models: their trimmed
     history width x levels per row); else its input tokens, i.e. no padding counted."""
-    counter = getattr(model, "count_token_slots", None)
-    return int(counter(interaction)) if counter is not None else count_input_tokens(model, interaction)
+    if isinstance(model, SIDRecommender):
+        return int(model.count_token_slots(interaction))
+    return count_input_tokens(model, interaction)
 
 
 class CheckpointLoadingMixin:
@@ -100,9 +101,7 @@ def exclude_seen(config):
     value = config["exclude_seen"]
     if value is None:  # a config pickled before the key existed (a RecBole model's checkpoint)
         return False
-    if not isinstance(value, bool):
-        raise ValueError(f"exclude_seen must be True or False, got {value!r}")
-    return value
+    return validate.boolean("exclude_seen", value)
 
 
 def mask_history(scores, interaction, model, rows=None):
@@ -151,10 +150,9 @@ def with_checkpoint_loading(trainer_class):
 
 
 def model_epoch_stats(model):
-    """The model's own figures of the epoch just trained (e.g. kept tokens of a pruning model):
-    ``model.pop_epoch_stats()`` if the model has it, else ``{}``."""
-    pop = getattr(model, "pop_epoch_stats", None)
-    return dict(pop()) if pop is not None else {}
+    """A SID model's own figures of the epoch just trained (e.g. kept tokens of a pruning
+    model, :meth:`SIDRecommender.pop_epoch_stats`), else ``{}``."""
+    return dict(model.pop_epoch_stats()) if isinstance(model, SIDRecommender) else {}
 
 
 class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin, RecBoleTrainer):
@@ -344,8 +342,9 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
         if not self.epoch_stats or self.epoch_stats[-1]["epoch"] != epoch_idx:
             return output
         stats = self.epoch_stats[-1]
-        describe = getattr(self.model, "describe_epoch_stats", None)
-        model_part = describe(stats) if describe is not None else ""
+        model_part = ""
+        if isinstance(self.model, SIDRecommender):
+            model_part = self.model.describe_epoch_stats(stats)
         return output[:-1] + (
             ", "
             + set_color("tokens/s", "blue")

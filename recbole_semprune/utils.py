@@ -11,7 +11,9 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_semprune.data import protocol
+from recbole_semprune.data.dataset import SIDSequentialDataset, train_rows_mode
 from recbole_semprune.errors import DatasetError, SettingsError, UserInputError
+from recbole_semprune.model.sid_recommender import SIDRecommender
 
 RECBOLE_MODEL_PACKAGES = [
     "general_recommender",
@@ -82,23 +84,26 @@ def get_model(model_name):
     )
 
 
+def is_sid_model(model_class):
+    """Whether ``model_class`` is one of this plugin's SID models (which declare what they
+    need from the data and check their settings: :class:`SIDRecommender`)."""
+    return isinstance(model_class, type) and issubclass(model_class, SIDRecommender)
+
+
 def get_trainer(model_type, model_name):
-    """Trainer class: a model's own ``trainer_class``, else RecBole's choice; RecBole's plain
-    ``Trainer`` is replaced by the plugin's, which also logs throughput and peak memory, and
-    its other trainers get the torch >= 2.6 checkpoint fix."""
+    """Trainer class: RecBole's choice, where RecBole's plain ``Trainer`` is replaced by the
+    plugin's, which also logs throughput and peak memory, and its other trainers get the
+    torch >= 2.6 checkpoint fix."""
     from recbole.trainer import Trainer as RecBoleTrainer
 
     from recbole_semprune.trainer import Trainer, with_checkpoint_loading
 
-    model_trainer = getattr(get_model(model_name), "trainer_class", None)
-    if model_trainer is not None:
-        return model_trainer
     trainer = recbole_get_trainer(model_type, model_name)
     return Trainer if trainer is RecBoleTrainer else with_checkpoint_loading(trainer)
 
 
 __all__ = ["DatasetError", "UnknownModelError", "check_dataset_files", "create_dataset",
-           "get_model", "get_trainer", "check_train_rows", "check_negative_sampling"]
+           "get_model", "get_trainer", "check_train_rows", "check_negative_sampling", "is_sid_model"]
 
 
 def _how_to_get(dataset_name):
@@ -213,30 +218,24 @@ def check_negative_sampling(config):
 
 
 def check_train_rows(config):
-    """``train_rows`` is a setting of the plugin's SID datasets only (ValueError otherwise)."""
-    if getattr(get_model(config["model"]), "dataset_class", None) is not None:
-        return
-    if (config["train_rows"] or "prefix") != "prefix":
-        raise ValueError(
-            f"train_rows: {config['train_rows']} is a setting of this plugin's SID datasets; "
-            f"{config['model']} uses RecBole's own dataset, which always makes one training row "
-            "per prefix. Remove train_rows for this model."
-        )
+    """``train_rows`` against the model (ValueError): ``user`` needs a SID model with a
+    next-token loss on the whole stream."""
+    model_class = get_model(config["model"])
+    dense = model_class.dense_stream_loss(config) if is_sid_model(model_class) else None
+    return train_rows_mode(config, dense)
 
 
 def create_dataset(config, check_files=True):
-    """RecBole's ``create_dataset``, with a plugin dataset class where a model declares one.
+    """RecBole's ``create_dataset``; a SID model gets :class:`SIDSequentialDataset` with what
+    its class declares it needs (``future_items``, ``dense_stream_loss``).
 
     ``check_files``: run :func:`check_dataset_files` first (False where the caller did).
     """
     if check_files:
         check_dataset_files(config)
     model_class = get_model(config["model"])
-    dataset_class = getattr(model_class, "dataset_class", None)
-    if dataset_class is not None:  # what the model needs from its data is asked here
-        future = getattr(model_class, "future_items", None)
-        dense = getattr(model_class, "dense_stream_loss", None)
-        return dataset_class(config, future_items=future(config) if future else 0,
-                             dense_stream_loss=bool(dense and dense(config)))
+    if is_sid_model(model_class):
+        return SIDSequentialDataset(config, model_class.future_items(config),
+                                    model_class.dense_stream_loss(config))
     check_train_rows(config)
     return recbole_create_dataset(config)

@@ -31,7 +31,17 @@ VARIANTS = {
     "Rec2PM": ("Rec2PM", {"segment_len": 3, "mem_tokens": 2}),
 }
 # old parameter name prefix -> new one (a refactoring that moves modules adds entries here)
-RENAMED = {}
+RENAMED = {
+    "encoder.": "backbone.encoder.",  # the backbones became components (model/backbones.py)
+    "decoder.": "backbone.decoder.",
+    "map_heads.": "multistep.heads.",  # MAP became a component (model/multistep.py)
+    "map_start": "multistep.start",
+    "query_embedding.": "backbone.query_embedding.",  # Rec2PM's memory (model/memory.py)
+    "memory_slot_embedding.": "backbone.memory_slot_embedding.",
+    "memory_proj.": "backbone.memory_proj.",
+    "segment_embedding.": "backbone.segment_embedding.",
+    "initial_memory.": "backbone.initial_memory.",
+}
 
 
 def settings(variant, data_path, checkpoint_dir):

@@ -1,7 +1,7 @@
 """RecBole's ``SequentialDataset`` with the extra fields some plugin models need.
 
-:class:`SIDSequentialDataset` is what a model gets when it sets ``dataset_class`` (see
-:func:`recbole_semprune.utils.create_dataset`). It builds exactly RecBole's rows and splits,
+:class:`SIDSequentialDataset` is what every SID model gets (see
+:func:`recbole_semprune.utils.create_dataset`, which passes in what the model class declares). It builds exactly RecBole's rows and splits,
 then adds, to the **training** split only:
 
 - ``future items`` (models whose class method ``future_items(config)`` returns ``D > 0``, e.g.
@@ -34,6 +34,8 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType, set_color
 
+from recbole_semprune import validate
+
 __all__ = ["SIDSequentialDataset", "future_field", "train_rows_mode", "TRAIN_ROWS"]
 
 _ROW_INDEX = "_row_in_user"  # position of an augmented row among its user's rows (temporary)
@@ -45,12 +47,17 @@ def future_field(config):
     return f"{config['ITEM_ID_FIELD']}_future"
 
 
-def train_rows_mode(config, dense_stream_loss):
-    """``train_rows`` of ``config`` (``prefix`` when unset), checked against the model
-    (``dense_stream_loss``: whether it trains with a next-token loss on the whole stream)."""
-    mode = config["train_rows"] or "prefix"
-    if mode not in TRAIN_ROWS:
-        raise ValueError(f"train_rows must be one of {', '.join(TRAIN_ROWS)}, got {mode!r}")
+def train_rows_mode(config, dense_stream_loss=None):
+    """``train_rows`` of ``config``, checked against the model: ``dense_stream_loss`` says
+    whether it trains with a next-token loss on the whole stream (None: the model uses
+    RecBole's own dataset, which has prefix rows only)."""
+    mode = validate.choice("train_rows", config["train_rows"], TRAIN_ROWS)
+    if mode == "user" and dense_stream_loss is None:
+        raise ValueError(
+            f"train_rows: {mode} is a setting of this plugin's SID datasets; "
+            f"{config['model']} uses RecBole's own dataset, which always makes one training row "
+            "per prefix. Remove train_rows for this model."
+        )
     if mode == "user" and not dense_stream_loss:
         raise ValueError(
             f"train_rows: user keeps one training row per user, which only a model trained with "
@@ -68,10 +75,8 @@ class SIDSequentialDataset(SequentialDataset):
     never imports a model)."""
 
     def __init__(self, config, future_items=0, dense_stream_loss=False):
-        self.train_rows = train_rows_mode(config, dense_stream_loss)
-        self.n_future_items = int(future_items)
-        if self.n_future_items < 0:
-            raise ValueError(f"future items must be >= 0, got {self.n_future_items}")
+        self.train_rows = train_rows_mode(config, bool(dense_stream_loss))
+        self.n_future_items = validate.integer("future items", future_items, low=0)
         super().__init__(config)
 
     def data_augmentation(self):

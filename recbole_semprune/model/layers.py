@@ -524,6 +524,16 @@ class TransformerStack(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.apply(init_weights)
 
+    @classmethod
+    def from_config(cls, config, n_layers, cross_attention=False):
+        """A stack of ``n_layers`` with the sizes of a model's config (SASRec's key names)."""
+        return cls(
+            n_layers, config["hidden_size"], config["n_heads"], config["head_size"],
+            config["inner_size"], config["attn_dropout_prob"], config["hidden_dropout_prob"],
+            config["hidden_act"], config["layer_norm_eps"], cross_attention=cross_attention,
+            attn_dropout_mode=config["attn_dropout_mode"],
+        )
+
     def init_cache(self, memory: Optional[torch.Tensor] = None,
                    memory_padding_mask: Optional[torch.Tensor] = None) -> list:
         """A fresh KV cache (list of per-layer dicts); cross keys/values of ``memory`` precomputed."""

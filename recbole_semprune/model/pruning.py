@@ -21,8 +21,9 @@ right-aligned), so that the last position of a pruned history is its last kept t
 what a causal backbone reads. Fillers are masked everywhere, so for a bidirectional encoder the
 alignment changes nothing.
 
-A new score (STAMP's) plugs in with :func:`register_scorer`; a model gets the whole mechanism
-from :class:`TokenPruningMixin` (config keys, pruned runs, statistics and their log line).
+A new score (STAMP's) plugs in with :func:`register_scorer`. A pruning model owns a
+:class:`TokenPruner` (its keys, pruned runs, statistics and their log line) and hands it to its
+backbone (:mod:`recbole_semprune.model.backbones`), which runs it where it reads the history.
 """
 
 import math
@@ -31,6 +32,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 from recbole.utils import set_color
+
+from recbole_semprune import validate
 
 __all__ = [
     "Scorer",
@@ -45,7 +48,6 @@ __all__ = [
     "Selection",
     "PrunedRun",
     "TokenPruner",
-    "TokenPruningMixin",
 ]
 
 NO_PRUNING = "none"
@@ -231,85 +233,69 @@ class TokenPruner:
     (:meth:`pop_stats`).
     """
 
-    def __init__(self, n_layers, prune_layer=2, keep_ratio="1/3", scorer="rastp",
-                 keep_ratio_mode="fixed", prune_at_eval=True, protect_last=0,
-                 normalize_by_visible_queries=False, max_tokens=None, score_queries="real",
-                 attention_after_dropout=False):
+    def __init__(self, n_layers, prune_layer, keep_ratio, scorer, keep_ratio_mode,
+                 prune_at_eval, protect_last, normalize_by_visible_queries, max_tokens,
+                 score_queries, attention_after_dropout):
         if scorer != NO_PRUNING and scorer not in SCORERS:
             raise ValueError(
                 f"unknown prune_scorer {scorer!r}: choose one of "
                 f"{', '.join(sorted(SCORERS) + [NO_PRUNING])}"
             )
-        if isinstance(prune_layer, bool) or not isinstance(prune_layer, int) \
-                or not 1 <= prune_layer <= n_layers:
-            raise ValueError(
-                f"prune_layer={prune_layer!r} must be an int in [1, {n_layers}] (the number of "
-                f"layers run before pruning, of the {n_layers} layers of the pruned stack)"
-            )
+        validate.integer("prune_layer", prune_layer, 1, n_layers,
+                         f"(the number of layers run before pruning, of the {n_layers} layers "
+                         "of the pruned stack)")
         ratio = parse_keep_ratio(keep_ratio)
-        if keep_ratio_mode not in KEEP_RATIO_MODES:
-            raise ValueError(
-                f"keep_ratio_mode={keep_ratio_mode!r} must be one of {', '.join(KEEP_RATIO_MODES)}"
-            )
+        validate.choice("keep_ratio_mode", keep_ratio_mode, KEEP_RATIO_MODES)
         if keep_ratio_mode == "fixed" and not (isinstance(max_tokens, int) and max_tokens > 0):
             raise ValueError("keep_ratio_mode=fixed needs the longest possible history in tokens")
-        if score_queries not in SCORE_QUERIES:
-            raise ValueError(
-                f"prune_score_queries={score_queries!r} must be one of {', '.join(SCORE_QUERIES)}"
-            )
-        if isinstance(protect_last, bool) or not isinstance(protect_last, int) or protect_last < 0:
-            raise ValueError(f"prune_protect_last={protect_last!r} must be an int >= 0 (items)")
+        validate.choice("prune_score_queries", score_queries, SCORE_QUERIES)
+        validate.integer("prune_protect_last", protect_last, low=0, hint="(items)")
         self.n_layers = n_layers
         self.prune_layer = prune_layer
         self.keep_ratio = ratio
         self.max_tokens = max_tokens
         self.score_queries = score_queries
-        self.attention_after_dropout = bool(attention_after_dropout)
+        self.attention_after_dropout = validate.boolean("prune_attention_after_dropout",
+                                                        attention_after_dropout)
         self.scorer_name = scorer
         self.scorer = SCORERS.get(scorer)
         self.keep_ratio_mode = keep_ratio_mode
-        self.prune_at_eval = bool(prune_at_eval)
+        self.prune_at_eval = validate.boolean("prune_at_eval", prune_at_eval)
         self.protect_last = protect_last
-        self.normalize_by_visible_queries = bool(normalize_by_visible_queries)
+        self.normalize_by_visible_queries = validate.boolean(
+            "normalize_by_visible_queries", normalize_by_visible_queries)
         self.reset_stats()
 
     @classmethod
-    def from_config(cls, config, n_layers, max_tokens, default_scorer="rastp"):
-        """Settings from the config keys ``prune_layer``, ``keep_ratio``, ``prune_scorer``,
-        ``keep_ratio_mode``, ``prune_at_eval``, ``prune_protect_last``,
-        ``normalize_by_visible_queries``, ``prune_score_queries``,
-        ``prune_attention_after_dropout`` (missing keys take the defaults above);
-        ``max_tokens``: the longest possible history in tokens (``keep_ratio_mode: fixed``).
+    def from_config(cls, config, max_tokens):
+        """Settings from the config keys ``prune_layer`` (of the ``n_layers`` of the pruned
+        stack), ``keep_ratio``, ``prune_scorer``, ``keep_ratio_mode``, ``prune_at_eval``,
+        ``prune_protect_last``, ``normalize_by_visible_queries``, ``prune_score_queries``,
+        ``prune_attention_after_dropout`` (defaults: the model's yaml); ``max_tokens``: the
+        longest possible history in tokens (``keep_ratio_mode: fixed``).
 
         ``prune_score_queries: all`` sums the attention that padding queries pay too (the
         public code's), which depends on how far a row is padded: it needs ``padding_free:
         False``, where every row is padded to ``MAX_ITEM_LIST_LENGTH`` as in the public code.
         """
-
-        def get(key, default):
-            value = config[key]
-            return default if value is None else value
-
-        score_queries = get("prune_score_queries", "real")
-        if score_queries == "all" and config["padding_free"]:
+        if config["prune_score_queries"] == "all" and config["padding_free"]:
             raise ValueError(
                 "prune_score_queries=all counts the attention paid by padding queries, so it "
                 "depends on how far each row is padded: set padding_free=False (every row then "
                 "has MAX_ITEM_LIST_LENGTH items, the public code's fixed padding)"
             )
         return cls(
-            n_layers,
-            prune_layer=get("prune_layer", 2),
-            keep_ratio=get("keep_ratio", "1/3"),
-            scorer=get("prune_scorer", default_scorer),
-            keep_ratio_mode=get("keep_ratio_mode", "fixed"),
-            prune_at_eval=get("prune_at_eval", True),
-            protect_last=get("prune_protect_last", 0),
-            normalize_by_visible_queries=get("normalize_by_visible_queries", False),
-            max_tokens=max_tokens,
-            score_queries=score_queries,
-            attention_after_dropout=get("prune_attention_after_dropout", False),
+            config["n_layers"], config["prune_layer"], config["keep_ratio"],
+            config["prune_scorer"], config["keep_ratio_mode"], config["prune_at_eval"],
+            config["prune_protect_last"], config["normalize_by_visible_queries"], max_tokens,
+            config["prune_score_queries"], config["prune_attention_after_dropout"],
         )
+
+    @classmethod
+    def check_config(cls, config):
+        """The pruning keys, checked before any data is loaded (ValueError on a bad one)."""
+        # every level of the semantic IDs plus the de-duplication level, per history item
+        cls.from_config(config, config["MAX_ITEM_LIST_LENGTH"] * (config["sid_levels"] + 1))
 
     @property
     def enabled(self):
@@ -429,52 +415,3 @@ class TokenPruner:
             f"prune_at_eval={self.prune_at_eval}, protect_last={self.protect_last}, "
             f"normalize_by_visible_queries={self.normalize_by_visible_queries})"
         )
-
-
-class TokenPruningMixin:
-    """Token pruning for a :class:`~recbole_semprune.model.sid_recommender.SIDRecommender`:
-    put it first among the bases (``class RASTP(TokenPruningMixin, TIGER)``) and run the
-    pruned stack with ``self.pruner.run(...)`` where ``self.pruning`` is true.
-
-    Reads the pruning keys into ``self.pruner`` (a :class:`TokenPruner` over ``n_layers``
-    layers, scorer ``default_prune_scorer`` unless ``prune_scorer`` is set). The plugin's
-    trainer collects the average kept tokens per history of each epoch's training batches
-    (:meth:`pop_epoch_stats`) into its ``epoch_stats`` and the epoch log line
-    (:meth:`describe_epoch_stats`), so the benchmark reports them too.
-    """
-
-    default_prune_scorer = "rastp"
-
-    def __init__(self, config, dataset, semantic_ids=None):
-        super().__init__(config, dataset, semantic_ids)
-        self.pruner = TokenPruner.from_config(
-            config, self.n_layers, self.max_seq_length * self.n_levels, self.default_prune_scorer
-        )
-
-    @classmethod
-    def check_config(cls, config):
-        """The backbone's checks, then the pruning keys (before any data is loaded)."""
-        warnings = super().check_config(config)
-        # every level of the semantic IDs plus the de-duplication level, per history item
-        max_tokens = config["MAX_ITEM_LIST_LENGTH"] * (config["sid_levels"] + 1)
-        TokenPruner.from_config(config, config["n_layers"], max_tokens, cls.default_prune_scorer)
-        return warnings
-
-    @property
-    def pruning(self):
-        """Whether the current mode (train / eval) prunes."""
-        return self.pruner.active(self.training)
-
-    def protected_tokens(self, positions):
-        return self.pruner.protected_tokens(positions, self.n_levels)
-
-    def pop_epoch_stats(self):
-        """Kept-token averages of the training batches since the last call (read by the
-        plugin's :class:`~recbole_semprune.trainer.Trainer` after each epoch)."""
-        return self.pruner.pop_stats()
-
-    def describe_epoch_stats(self, stats):
-        return self.pruner.describe(stats) if "kept_fraction" in stats else ""
-
-    def extra_repr(self):
-        return repr(self.pruner)

@@ -10,19 +10,16 @@ keeps working under its own name.
 
 Two ends of "semantic dilution" fixed together, on either SID backbone (``backbone`` key):
 
-- SAP, input side: the shared token pruning (:mod:`recbole_semprune.model.pruning`, the pruned
-  backbones of :mod:`recbole_semprune.model.pruned`) with STAMP's score
+- SAP, input side: the shared token pruning (:mod:`recbole_semprune.model.pruning`, run by the
+  backbones of :mod:`recbole_semprune.model.backbones`) with STAMP's score
   ``I_i = S_sem(i) * S_attn(i)`` (the ``stamp`` scorer below);
 - MAP, output side: a multi-step auxiliary loss (:mod:`recbole_semprune.model.multistep`).
 """
 
-import torch
-
-from recbole_semprune.data.dataset import SIDSequentialDataset, future_field
-from recbole_semprune.model.multistep import MultiStepMixin, MultiStepSettings, masked_mean_nll
-from recbole_semprune.model.pruned import PrunedDecoderOnly, PrunedTIGER
-from recbole_semprune.model.pruning import register_scorer
-from recbole_semprune.model.sid_recommender import BackboneSwitch
+from recbole_semprune.model.backbones import build_backbone
+from recbole_semprune.model.multistep import MultiStep, MultiStepSettings
+from recbole_semprune.model.pruning import TokenPruner, register_scorer
+from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
 @register_scorer("stamp", needs_attention=True)
@@ -40,101 +37,45 @@ def stamp_score(hidden, received, mask):
     return received * (hidden - mean).norm(dim=-1)
 
 
-class STAMPSID(BackboneSwitch, MultiStepMixin, PrunedTIGER):
-    r"""STAMP on TIGER: SAP in the encoder, MAP in the decoder.
+class STAMPSID(SIDRecommender):
+    r"""STAMP on a SID backbone: SAP where the backbone reads the history, MAP on its output.
 
-    MAP here: the decoder also learns the SIDs of the ``map_steps`` items after the target. For
-    step ``k`` it starts from a learned start token ``k`` (instead of BOS) and is teacher-forced
-    on the codes of the ``k``-th next item; all steps share one decoder pass with the ordinary
-    target (rows grouped per user, the encoder memory is not copied). The future items come
-    from :class:`~recbole_semprune.data.dataset.SIDSequentialDataset`: training rows only, so a
-    validation or test item is never an auxiliary target, and a step past the end of the user's
-    training sequence is masked. Generation is TIGER's (BOS, next item only).
-
-    ``backbone: decoder_only`` builds :class:`DecoderOnlySTAMP`. Differences from the paper:
-    see ``docs/stamp.md``.
+    ``backbone: tiger`` (the paper's GRID backbone): SAP prunes in the encoder; MAP has the
+    decoder also learn the SIDs of the ``multistep_steps`` items after the target, from
+    learned start tokens, in the decoder pass of the ordinary target; the future items come
+    with the training rows (:meth:`future_items`), never a validation or test item.
+    ``backbone: decoder_only``: SAP prunes inside the causal stream; MAP predicts the tokens
+    ``2 .. multistep_steps + 1`` positions ahead (only the target item's tokens with SAP on).
+    Both parts are components: ``self.pruner`` (run by ``self.backbone``) and
+    ``self.multistep`` (:class:`~recbole_semprune.model.multistep.MultiStep`). Generation is
+    the backbone's (next item only). Differences from the paper: see ``docs/stamp.md``.
     """
 
-    default_prune_scorer = "stamp"
-    dataset_class = SIDSequentialDataset
+    backbones = ("tiger", "decoder_only")
 
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
-        self.FUTURE_ITEMS = future_field(config)
-        self.map_start = None
-        if self.map.active:
-            self.map_start = torch.nn.Parameter(
-                torch.randn(self.map.steps, self.hidden_size) * self.initializer_range
-            )
+        self.pruner = TokenPruner.from_config(config, self.max_seq_length * self.n_levels)
+        self.backbone = build_backbone(self.read_backbone(config), self, config, self.pruner)
+        self.init_parameters()
+        self.multistep = MultiStep(self, config)
 
     @classmethod
     def future_items(cls, config):
-        """Items after the target each training row needs (read by the dataset)."""
+        """The items after the target that MAP learns on the tiger backbone."""
         settings = MultiStepSettings.from_config(config)
-        on_tiger = (config["backbone"] or cls.default_backbone) == "tiger"
+        on_tiger = cls.read_backbone(config) == "tiger"
         return settings.steps if on_tiger and settings.active else 0
 
-    def map_losses(self, interaction):
-        if self.FUTURE_ITEMS not in interaction:  # not a training batch: the ordinary loss only
-            return PrunedTIGER.calculate_loss(self, interaction), None
-        target_tokens = self.item_tokens(interaction[self.POS_ITEM_ID])  # [B, L]
-        future = interaction[self.FUTURE_ITEMS]  # [B, D], 0 = no such training item
-        future_tokens = self.item_tokens(future)  # [B, D, L]
-        memory, memory_mask = self.encode(*self.history(interaction))
-        main_input = self.teacher_forcing_input(target_tokens)
-        levels = torch.arange(self.n_levels, device=target_tokens.device)
-        starts = self.map_start + self.level_embedding.weight[0]  # [D, d]
-        rest = self.token_embedding(future_tokens[..., :-1]) + self.level_embedding(levels[1:])
-        starts = starts.unsqueeze(1).expand(len(future), -1, -1, -1)  # [B, D, 1, d]
-        aux_input = self.embedding_dropout(torch.cat([starts, rest], dim=2))
-        x = torch.cat([main_input.unsqueeze(1), aux_input], dim=1)  # [B, 1 + D, L, d]
-        batch, rows = x.shape[:2]
-        hidden = self.decoder(
-            x.flatten(0, 1), causal=True, memory=memory, memory_padding_mask=memory_mask
-        ).hidden.view(batch, rows, self.n_levels, -1)
-        main = -self.token_log_probs(hidden[:, 0], target_tokens).mean()
-        log_probs = torch.stack([
-            self.step_log_probs(hidden[:, 1 + step], future_tokens[:, step], step)
-            for step in range(self.map.steps)
-        ], dim=1)  # [B, D, L]
-        valid = (future != 0).unsqueeze(-1).expand_as(log_probs)
-        aux, _ = masked_mean_nll(log_probs, valid)
-        return main, aux
+    @classmethod
+    def check_config(cls, config):
+        warnings = super().check_config(config)
+        TokenPruner.check_config(config)
+        MultiStepSettings.from_config(config)
+        return warnings
 
-
-class DecoderOnlySTAMP(MultiStepMixin, PrunedDecoderOnly):
-    r"""STAMP on the decoder-only backbone (``STAMPSID`` with ``backbone: decoder_only``).
-
-    MAP here is multi-token prediction on the stream ``[history; target]``: besides its
-    ordinary target, every position also predicts the tokens ``2 .. map_steps + 1`` positions
-    ahead. With SAP on, the pruning selection has seen every history token (it uses the
-    attention of the whole history), so only the target item's tokens may be auxiliary targets
-    (:meth:`~recbole_semprune.model.pruned.PrunedDecoderOnly.leaks`); without pruning every
-    later token of the stream may.
-    """
-
-    default_prune_scorer = "stamp"
-
-    def map_targets(self, stream):
-        """Per step ``k`` (0-based): ``(tokens, valid)`` ``[B, T]``, the stream token
-        ``k + 2`` positions after each position, valid where it exists, is real and does not
-        leak."""
-        targets = []
-        for step in range(self.map.steps):
-            tokens, valid = stream.tokens_ahead(step + 2)
-            valid = valid & ~self.leaks(stream, stream.source + step + 2)
-            targets.append((tokens, valid))
-        return targets
-
-    def map_losses(self, interaction):
-        main, stream = self.stream_loss(interaction)
-        # only the positions that have a target: the heads and the output layer skip the rest
-        log_probs = torch.cat([
-            self.step_log_probs(stream.hidden[valid], tokens[valid], step)
-            for step, (tokens, valid) in enumerate(self.map_targets(stream))
-        ])
-        aux, _ = masked_mean_nll(log_probs, torch.ones_like(log_probs, dtype=torch.bool))
-        return main, aux
-
-
-STAMPSID.backbones = {"tiger": STAMPSID, "decoder_only": DecoderOnlySTAMP}
+    def calculate_loss(self, interaction):
+        if not self.multistep.settings.active:
+            return self.backbone.loss(self, interaction)
+        main, aux = self.multistep.losses(self, interaction)
+        return main if aux is None else main + self.multistep.weight * aux
