@@ -127,7 +127,10 @@ def test_protected_tokens_are_always_kept():
     assert counts.tolist() == [2]
     assert select_tokens(scores, mask, counts, protect).index.tolist() == [[4, 5]]
     # protection counts items back from the target: 2 most recent items x 2 levels
-    pruner = TokenPruner(4, protect_last=2, max_tokens=8)
+    pruner = TokenPruner(4, prune_layer=2, keep_ratio="1/3", scorer="rastp",
+                         keep_ratio_mode="fixed", prune_at_eval=True, protect_last=2,
+                         normalize_by_visible_queries=False, max_tokens=8, score_queries="real",
+                         attention_after_dropout=False)
     positions = torch.tensor([[3, 2, 1, 0]])  # right-padded history of 3 items
     assert pruner.protected_tokens(positions, 2).tolist() == [[0, 0, 1, 1, 1, 1, 0, 0]]
 
@@ -172,7 +175,7 @@ def test_a_registered_scorer_drives_the_model(tiny_data):
                                   keep_ratio=0.5, keep_ratio_mode="per_history")
         seq, seq_len = seq_of(net, short_histories(test_data))
         with torch.no_grad():
-            _, mask = net.encode(seq, seq_len)
+            _, mask = net.backbone.encode(net, seq, seq_len)
         assert torch.equal(mask.sum(1), (seq_len * net.n_levels * 0.5).floor().long().clamp(min=1))
     finally:
         del SCORERS["test_oldest_first"]
@@ -192,7 +195,7 @@ def test_attention_is_computed_only_in_the_pruning_layer(tiny_data, monkeypatch)
         seq, seq_len = seq_of(net, short_histories(test_data))
         calls.clear()
         with torch.no_grad():
-            net.encode(seq, seq_len)
+            net.backbone.encode(net, seq, seq_len)
         assert len(calls) == net.n_layers and sum(calls) == expected
         if expected:
             assert calls.index(True) == net.pruner.prune_layer - 1
@@ -231,8 +234,8 @@ def test_pruned_stream_keeps_each_positions_source(tiny_data):
     pruned.load_state_dict(base.state_dict())
     batch = next(iter(train_data))
     target = pruned.item_tokens(batch["item_id"])
-    stream = pruned.stream_hidden(batch["item_id_list"], batch["item_length"], target)
-    unpruned = base.stream_hidden(batch["item_id_list"], batch["item_length"], target)
+    stream = pruned.backbone.stream_hidden(pruned, batch["item_id_list"], batch["item_length"], target)
+    unpruned = base.backbone.stream_hidden(base, batch["item_id_list"], batch["item_length"], target)
     assert torch.equal(stream.tokens, unpruned.tokens)
     assert stream.hidden.shape[1] < unpruned.hidden.shape[1]
     # kept positions keep their order; each knows the token after it in the whole stream
@@ -245,10 +248,10 @@ def test_pruned_stream_keeps_each_positions_source(tiny_data):
     last_history = stream.source == n_history - 1  # always kept: predicts the first code
     assert torch.equal(next_tokens[last_history], target[:, 0])
     # the selection saw every history token: none may be a target of the pruned stream
-    leaks = pruned.leaks(stream, stream.source + 1)
+    leaks = pruned.backbone.leaks(pruned, stream, stream.source + 1)
     assert torch.equal(leaks, stream.source + 1 < n_history)
     unpruned_rastp, _, _ = build("RASTP", tiny_data, backbone="decoder_only", prune_scorer="none")
-    assert not unpruned_rastp.leaks(unpruned, unpruned.source + 1).any()
+    assert not unpruned_rastp.backbone.leaks(unpruned_rastp, unpruned, unpruned.source + 1).any()
 
 
 def _compact_reference_tiger(net, seq, seq_len, target_tokens, keep_ratio):
@@ -260,14 +263,13 @@ def _compact_reference_tiger(net, seq, seq_len, target_tokens, keep_ratio):
     for b in range(len(seq)):
         x, mask = net.embed_items(seq[b : b + 1], net.recency_positions(seq[b : b + 1], seq_len[b : b + 1]))
         x = x[:, mask[0]]
-        first = net.encoder(x, end=p, weights_layer=p - 1)
+        first = net.backbone.encoder(x, end=p, weights_layer=p - 1)
         score = first.attn[0].sum(dim=(0, 1)) * first.hidden[0].abs().sum(-1)
         keep = score.topk(max(1, int(x.shape[1] * keep_ratio))).indices.sort().values
-        memory = net.encoder(first.hidden[:, keep], start=p).hidden
+        memory = net.backbone.encoder(first.hidden[:, keep], start=p).hidden
         bos = torch.full_like(target_tokens[b : b + 1, :1], net.bos_token)
         inputs = torch.cat([bos, target_tokens[b : b + 1, :-1]], dim=1)
-        levels = torch.arange(net.n_levels)
-        rows.append(net.decoder(net.decoder_input(inputs, levels), causal=True, memory=memory).hidden)
+        rows.append(net.backbone.decoder(net.embed_target(inputs, 0), causal=True, memory=memory).hidden)
     return torch.cat(rows)
 
 
@@ -277,16 +279,16 @@ def _compact_reference_decoder_only(net, seq, seq_len, target_tokens, keep_ratio
     p = net.pruner.prune_layer
     rows = []
     for b in range(len(seq)):
-        history, mask, _ = net.embed_history(seq[b : b + 1], seq_len[b : b + 1])
+        history, mask, _ = net.backbone.embed_history(net, seq[b : b + 1], seq_len[b : b + 1])
         history = history[:, mask[0]]
         n = history.shape[1]
-        target = net.embed_target(target_tokens[b : b + 1, :-1], 0)
-        first = net.decoder(torch.cat([history, target], 1), causal=True, end=p, weights_layer=p - 1)
+        target = net.embed_target(target_tokens[b : b + 1, :-1], 0, torch.zeros(1, dtype=torch.long))
+        first = net.backbone.decoder(torch.cat([history, target], 1), causal=True, end=p, weights_layer=p - 1)
         score = first.attn[0, :, :n, :n].sum(dim=(0, 1)) * first.hidden[0, :n].abs().sum(-1)
         score[-1] = float("inf")
         keep = score.topk(max(1, int(n * keep_ratio))).indices.sort().values
         rest = torch.cat([first.hidden[:, keep], first.hidden[:, n:]], 1)
-        rows.append(net.decoder(rest, causal=True, start=p).hidden[:, -net.n_levels :])
+        rows.append(net.backbone.decoder(rest, causal=True, start=p).hidden[:, -net.n_levels :])
     return torch.cat(rows)
 
 
@@ -312,11 +314,11 @@ def test_decoder_cross_attention_gets_the_reduced_mask(tiny_data):
     inter = short_histories(test_data)
     seq, seq_len = seq_of(net, inter)
     seen = []
-    hook = net.decoder.register_forward_pre_hook(
+    hook = net.backbone.decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs.get("memory_padding_mask")), with_kwargs=True
     )
     with torch.no_grad():
-        memory, mask = net.encode(seq, seq_len)
+        memory, mask = net.backbone.encode(net, seq, seq_len)
         net.target_hidden(seq, seq_len, net.item_tokens(inter[net.POS_ITEM_ID]))
         cache = net.generation_state(seq, seq_len)[0]
     hook.remove()
@@ -373,9 +375,9 @@ def test_prune_at_eval_false_runs_the_full_encoder_at_eval(tiny_data):
     net.load_state_dict(base.state_dict())
     seq, seq_len = seq_of(net, short_histories(test_data))
     with torch.no_grad():
-        assert torch.equal(net.encode(seq, seq_len)[0], base.encode(seq, seq_len)[0])
+        assert torch.equal(net.backbone.encode(net, seq, seq_len)[0], base.backbone.encode(base, seq, seq_len)[0])
         net.train()
-        assert net.encode(seq, seq_len)[0].shape[1] < base.encode(seq, seq_len)[0].shape[1]
+        assert net.backbone.encode(net, seq, seq_len)[0].shape[1] < base.backbone.encode(base, seq, seq_len)[0].shape[1]
 
 
 def test_kept_tokens_are_counted_per_training_epoch(tiny_data):
@@ -409,7 +411,7 @@ def test_bad_settings_fail_clearly(tiny_data):
         ({"keep_ratio_mode": "global"}, r"keep_ratio_mode='global'"),
         ({"prune_protect_last": -1}, r"prune_protect_last=-1"),
         ({"backbone": "decoder_only", "dense_loss": True}, r"dense_loss cannot be used"),
-        ({"backbone": "t5"}, r"backbone='t5'"),
+        ({"backbone": "t5"}, r"backbone='t5' must be one of tiger, decoder_only"),
     ]:
         with pytest.raises(ValueError, match=message):
             build("RASTP", tiny_data, **overrides)

@@ -64,7 +64,7 @@ def test_reference_memory_depends_only_on_its_own_and_earlier_segments(tiny_data
     changed = stream.clone()
     changed[0, 6:9] = torch.tensor(random_histories(net, [3], seed=2)[0])  # segment 3
     with torch.no_grad():
-        refs = [net.reference_memories(*net.embed_segments(s), 4) for s in (stream, changed)]
+        refs = [net.backbone.reference_memories(net, *net.backbone.embed_segments(net, s), 4) for s in (stream, changed)]
     assert torch.equal(refs[0][:, :2], refs[1][:, :2])
     assert not torch.allclose(refs[0][:, 2], refs[1][:, 2])
 
@@ -80,31 +80,31 @@ def looped_loss_terms(net, histories, targets):
         items = history + [target]
         k = math.ceil(len(items) / seg)
         stream = torch.tensor([items + [0] * (k * seg - len(items))])
-        raw, raw_mask = net.embed_segments(stream)
+        raw, raw_mask = net.backbone.embed_segments(net, stream)
         tokens = net.item_tokens(stream).view(k, t)
         references = []
         for h in range(k):
-            number = net.segment_embedding.weight[: h + 1].repeat_interleave(t, dim=0)
-            queries = net.query_embedding.weight + net.segment_embedding.weight[h]
+            number = net.backbone.segment_embedding.weight[: h + 1].repeat_interleave(t, dim=0)
+            queries = net.backbone.query_embedding.weight + net.backbone.segment_embedding.weight[h]
             x = torch.cat([raw[:, : (h + 1) * t] + number, queries.unsqueeze(0)], dim=1)
             mask = torch.cat([raw_mask[:, : (h + 1) * t], torch.ones(1, c, dtype=torch.bool)], 1)
-            references.append(net.decoder(x, padding_mask=mask, causal=True).hidden[:, -c:])
+            references.append(net.backbone.decoder(x, padding_mask=mask, causal=True).hidden[:, -c:])
         for h in range(k):
             if tokens[h, 0] == 0:
                 continue
-            memory = net.initial_memory.weight.unsqueeze(0) if h == 0 else references[h - 1]
+            memory = net.backbone.initial_memory.weight.unsqueeze(0) if h == 0 else references[h - 1]
             tail_items = items[h * seg - r : h * seg] if h and r else []
             tail_positions = torch.arange(1, len(tail_items) + 1).view(1, -1)
             tail, _ = net.embed_items(torch.tensor([tail_items], dtype=torch.long), tail_positions)
             x = torch.cat([
-                net.embed_memory(memory), tail, raw[:, h * t : (h + 1) * t],
-                net.query_embedding.weight.unsqueeze(0),
+                net.backbone.embed_memory(net, memory), tail, raw[:, h * t : (h + 1) * t],
+                net.backbone.query_embedding.weight.unsqueeze(0),
             ], dim=1)
             mask = torch.cat([
                 torch.ones(1, c + tail.shape[1], dtype=torch.bool),
                 raw_mask[:, h * t : (h + 1) * t], torch.ones(1, c, dtype=torch.bool),
             ], dim=1)
-            hidden = net.decoder(x, padding_mask=mask, causal=True).hidden[0]
+            hidden = net.backbone.decoder(x, padding_mask=mask, causal=True).hidden[0]
             for i in range(t):
                 if tokens[h, i] != 0:
                     predictor = hidden[c - 1 + tail.shape[1] + i]
@@ -149,11 +149,11 @@ def test_detach_reference_stops_only_the_consistency_gradient_into_the_reference
         net.zero_grad()
         _, con = net.loss_terms(interaction)
         con.backward()
-        grads[detach] = net.segment_embedding.weight.grad  # reached only through the reference
+        grads[detach] = net.backbone.segment_embedding.weight.grad  # reached only through the reference
         net.zero_grad()
         ar, _ = net.loss_terms(interaction)
         ar.backward()
-        assert net.segment_embedding.weight.grad.abs().sum() > 0  # L_AR still trains the teacher
+        assert net.backbone.segment_embedding.weight.grad.abs().sum() > 0  # L_AR still trains the teacher
     assert grads[False].abs().sum() > 0
     assert grads[True] is None or grads[True].abs().sum() == 0
 
@@ -164,9 +164,10 @@ def test_training_step_is_finite_and_trains_every_part(tiny_data):
     loss = sum(net.calculate_loss(next(iter(train_data))))
     loss.backward()
     assert torch.isfinite(loss)
-    for name in ("query_embedding", "memory_slot_embedding", "memory_proj", "segment_embedding",
-                 "initial_memory", "token_embedding"):
-        grad = getattr(net, name).weight.grad
+    for name in ("backbone.query_embedding", "backbone.memory_slot_embedding",
+                 "backbone.memory_proj", "backbone.segment_embedding", "backbone.initial_memory",
+                 "token_embedding"):
+        grad = net.get_submodule(name).weight.grad
         assert grad is not None and grad.abs().sum() > 0, name
 
 
@@ -184,7 +185,7 @@ def test_memory_spread_is_logged_per_epoch_and_zero_for_identical_memories(tiny_
     net.calculate_loss(batch)  # evaluation batches are not counted
     assert net.pop_epoch_stats() == {}
     # the same memory for every segment: no information about the user
-    net._record_memory_spread(torch.randn(1, 2, 8).expand(5, -1, -1))
+    net.spread.record(torch.randn(1, 2, 8).expand(5, -1, -1))
     assert net.pop_epoch_stats()["memory_spread"] == pytest.approx(0.0, abs=1e-7)
 
 
@@ -397,7 +398,7 @@ def test_user_rows_need_a_dense_loss(workdir):
         Config(model="DecoderOnlySID", dataset="seqs", config_dict=dict(base, dense_loss=True))
     )
     assert {u: len(rows) for u, rows in train.items()} == {"u0": 1, "u1": 1}
-    with pytest.raises(ValueError, match="train_rows must be one of"):
+    with pytest.raises(ValueError, match="train_rows=.all. must be one of"):
         split_rows(Config(model="Rec2PM", dataset="seqs", config_dict=dict(base, train_rows="all")))
 
 

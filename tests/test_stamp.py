@@ -8,7 +8,8 @@ from conftest import TINY, write_atomic, BACKBONES, PRUNING_SMALL as SMALL, buil
 from recbole_semprune.config import Config
 from recbole_semprune.data.dataset import future_field
 from recbole_semprune.model.pruning import SCORERS
-from recbole_semprune.model.stamp import DecoderOnlySTAMP, STAMPSID, stamp_score
+from recbole_semprune.model.backbones import DecoderOnly, EncoderDecoder
+from recbole_semprune.model.stamp import STAMPSID, stamp_score
 from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 from recbole_semprune.utils import create_dataset, get_model, get_trainer
 
@@ -33,7 +34,7 @@ def hand_dataset(root, lengths=(4, 5, 6, 7, 9)):
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_future_targets_are_later_training_items_only(workdir, steps):
-    config = Config("STAMPSID", "hand", config_dict=dict(hand_dataset(workdir), map_steps=steps))
+    config = Config("STAMPSID", "hand", config_dict=dict(hand_dataset(workdir), multistep_steps=steps))
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     field = future_field(config)
@@ -55,7 +56,7 @@ def test_future_targets_are_later_training_items_only(workdir, steps):
 
 
 def test_models_without_future_targets_get_no_field(workdir):
-    config = Config("STAMPSID", "hand", config_dict=dict(hand_dataset(workdir), map_weight=0))
+    config = Config("STAMPSID", "hand", config_dict=dict(hand_dataset(workdir), multistep_weight=0))
     train, _, _ = data_preparation(config, create_dataset(config))
     assert future_field(config) not in train.dataset.inter_feat
     config = Config("STAMPSID", "hand",
@@ -65,33 +66,33 @@ def test_models_without_future_targets_get_no_field(workdir):
 
 
 def test_masked_future_steps_add_nothing(tiny_data):
-    net, train_data, _ = build("STAMPSID", tiny_data, prune_scorer="none", map_steps=2)
+    net, train_data, _ = build("STAMPSID", tiny_data, prune_scorer="none", multistep_steps=2)
     batch = next(iter(train_data))
-    field = net.FUTURE_ITEMS
+    field = net.multistep.future_field
     with torch.no_grad():
-        main, aux = net.map_losses(batch)
+        main, aux = net.multistep.losses(net, batch)
         partial = batch[field].clone()
         partial[:, 1] = 0  # every second step runs out: only the first steps count
         batch.interaction[field] = partial
-        main_partial, aux_partial = net.map_losses(batch)
+        main_partial, aux_partial = net.multistep.losses(net, batch)
         batch.interaction[field] = torch.zeros_like(partial)  # the whole future runs out
-        main_none, aux_none = net.map_losses(batch)
+        main_none, aux_none = net.multistep.losses(net, batch)
     assert torch.allclose(main, main_partial) and torch.allclose(main, main_none)
     assert aux_none == 0 and aux_partial != aux
     assert torch.equal(net.calculate_loss(batch), main_none)
 
 
 def test_decoder_only_targets_never_a_history_token_the_pruning_saw(tiny_data):
-    pruned, train_data, _ = build("STAMPSID", tiny_data, backbone="decoder_only", map_steps=3,
+    pruned, train_data, _ = build("STAMPSID", tiny_data, backbone="decoder_only", multistep_steps=3,
                                   keep_ratio=0.5)
-    unpruned, _, _ = build("STAMPSID", tiny_data, backbone="decoder_only", map_steps=3,
+    unpruned, _, _ = build("STAMPSID", tiny_data, backbone="decoder_only", multistep_steps=3,
                            prune_scorer="none")
     batch = next(iter(train_data))
     target = pruned.item_tokens(batch["item_id"])
     for net, history_targets in ((pruned, False), (unpruned, True)):
-        stream = net.stream_hidden(batch["item_id_list"], batch["item_length"], target)
+        stream = net.backbone.stream_hidden(net, batch["item_id_list"], batch["item_length"], target)
         n_history = stream.tokens.shape[1] - net.n_levels
-        for step, (tokens, valid) in enumerate(net.map_targets(stream)):
+        for step, (tokens, valid) in enumerate(net.multistep.stream_targets(net, stream)):
             where = stream.source + step + 2
             assert (where[valid] < stream.tokens.shape[1]).all()  # never past the stream
             inside = where.clamp(max=stream.tokens.shape[1] - 1)
@@ -102,20 +103,20 @@ def test_decoder_only_targets_never_a_history_token_the_pruning_saw(tiny_data):
 
 # ---- equivalences ---------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_map_weight_zero_is_the_backbone_loss(backbone, tiny_data):
+def test_multistep_weight_zero_is_the_backbone_loss(backbone, tiny_data):
     base, _, _ = build(BACKBONES[backbone], tiny_data)
     off, _, _ = build("STAMPSID", tiny_data, backbone=backbone, prune_scorer="none",
-                      map_weight=0)
+                      multistep_weight=0)
     on, train_data, _ = build("STAMPSID", tiny_data, backbone=backbone, prune_scorer="none",
-                              map_weight=0.5)  # tiger: its training batches hold future items
-    assert off.map_heads is None  # MAP off adds no parameter
+                              multistep_weight=0.5)  # tiger: its training batches hold future items
+    assert off.multistep.heads is None  # MAP off adds no parameter
     off.load_state_dict(base.state_dict())
     on.load_state_dict(base.state_dict(), strict=False)
     batch = next(iter(train_data))
     with torch.no_grad():
         reference = base.calculate_loss(batch)
         assert torch.equal(off.calculate_loss(batch), reference)
-        main, aux = on.map_losses(batch)  # the shared decoder pass leaves the main loss as is
+        main, aux = on.multistep.losses(on, batch)  # the shared decoder pass leaves the main loss as is
         assert torch.allclose(main, reference, atol=1e-6)
         assert torch.allclose(on.calculate_loss(batch), main + 0.5 * aux)
         assert aux > 0
@@ -124,7 +125,7 @@ def test_map_weight_zero_is_the_backbone_loss(backbone, tiny_data):
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_sap_with_ratio_one_gives_the_backbones_outputs(backbone, tiny_data):
     base, _, test_data = build(BACKBONES[backbone], tiny_data)
-    net, _, _ = build("STAMPSID", tiny_data, backbone=backbone, keep_ratio=1.0, map_steps=0)
+    net, _, _ = build("STAMPSID", tiny_data, backbone=backbone, keep_ratio=1.0, multistep_steps=0)
     net.load_state_dict(base.state_dict())
     inter = next(iter(test_data))[0][:16]
     seq, seq_len = inter["item_id_list"], inter["item_length"]
@@ -139,20 +140,20 @@ def test_sap_with_ratio_one_gives_the_backbones_outputs(backbone, tiny_data):
 
 
 def test_tiger_auxiliary_steps_equal_separate_decoder_runs(tiny_data):
-    net, train_data, _ = build("STAMPSID", tiny_data, keep_ratio=0.5, map_steps=2,
-                               map_heads="separate", map_weight=1.0)
+    net, train_data, _ = build("STAMPSID", tiny_data, keep_ratio=0.5, multistep_steps=2,
+                               multistep_heads="separate", multistep_weight=1.0)
     batch = next(iter(train_data))
     with torch.no_grad():
-        main, aux = net.map_losses(batch)
-        memory, mask = net.encode(batch["item_id_list"], batch["item_length"])
-        future = batch[net.FUTURE_ITEMS]
+        main, aux = net.multistep.losses(net, batch)
+        memory, mask = net.backbone.encode(net, batch["item_id_list"], batch["item_length"])
+        future = batch[net.multistep.future_field]
         total, count = 0.0, 0
         for step in range(2):
             tokens = net.item_tokens(future[:, step])
-            x = net.teacher_forcing_input(tokens)  # BOS replaced by the step's start token
-            x[:, 0] = net.map_start[step] + net.level_embedding.weight[0]
-            hidden = net.decoder(x, causal=True, memory=memory, memory_padding_mask=mask).hidden
-            log_probs = net.token_log_probs(net.map_heads(hidden, step), tokens)
+            x = net.backbone.teacher_forcing_input(net, tokens)  # BOS replaced by the step's start token
+            x[:, 0] = net.multistep.start[step] + net.level_embedding.weight[0]
+            hidden = net.backbone.decoder(x, causal=True, memory=memory, memory_padding_mask=mask).hidden
+            log_probs = net.token_log_probs(net.multistep.heads(hidden, step), tokens)
             real = future[:, step] != 0
             total -= log_probs[real].sum()
             count += int(real.sum()) * net.n_levels
@@ -170,14 +171,14 @@ def test_stamp_score_by_hand():
 
 
 # ---- models ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone, expected", [("tiger", STAMPSID),
-                                                ("decoder_only", DecoderOnlySTAMP)])
+@pytest.mark.parametrize("backbone, expected", [("tiger", EncoderDecoder),
+                                                ("decoder_only", DecoderOnly)])
 def test_trains_evaluates_and_reloads(backbone, expected, tiny_data):
     settings = dict(tiny_data, **SMALL, backbone=backbone, epochs=1, train_batch_size=256)
     result = run_recbole_semprune(model="STAMPSID", dataset="tiny", config_dict=settings)
     assert all(torch.isfinite(torch.tensor(v)) for v in result["test_result"].values())
     config, net, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
-    assert type(net) is expected and net.pruner.active(False) and net.map.active
+    assert type(net) is STAMPSID and type(net.backbone) is expected and net.pruner.active(False) and net.multistep.settings.active
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     again = trainer.evaluate(test_data, load_best_model=False)
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
@@ -186,9 +187,9 @@ def test_trains_evaluates_and_reloads(backbone, expected, tiny_data):
 def test_gradients_reach_the_auxiliary_heads(tiny_data):
     for backbone in BACKBONES:
         net, train_data, _ = build("STAMPSID", tiny_data, backbone=backbone,
-                                   map_heads="separate", map_steps=2)
+                                   multistep_heads="separate", multistep_steps=2)
         net.train().calculate_loss(next(iter(train_data))).backward()
-        for name, parameter in net.map_heads.named_parameters():
+        for name, parameter in net.multistep.heads.named_parameters():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
@@ -200,10 +201,10 @@ def test_recboles_own_stamp_still_runs(tiny_data):
 
 def test_bad_settings_fail_clearly(tiny_data):
     for overrides, message in [
-        ({"map_steps": -1}, r"map_steps=-1 must be an int >= 0"),
-        ({"map_weight": -0.1}, r"map_weight=-0.1 must be a number >= 0"),
-        ({"map_heads": "tied"}, r"map_heads='tied' must be one of shared, separate"),
-        ({"backbone": "t5"}, r"backbone='t5': STAMPSID runs on one of tiger, decoder_only"),
+        ({"multistep_steps": -1}, r"multistep_steps=-1 must be an int >= 0"),
+        ({"multistep_weight": -0.1}, r"multistep_weight=-0.1 must be a number >= 0"),
+        ({"multistep_heads": "tied"}, r"multistep_heads='tied' must be one of shared, separate"),
+        ({"backbone": "t5"}, r"backbone='t5' must be one of tiger, decoder_only"),
         ({"backbone": "decoder_only", "dense_loss": True}, r"dense_loss cannot be used"),
     ]:
         with pytest.raises(ValueError, match=message):

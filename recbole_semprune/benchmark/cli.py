@@ -96,7 +96,7 @@ def build_parser():
         "--models", required=True,
         help="comma-separated model names (plugin or RecBole), e.g. SASRec,BERT4Rec,TIGER; "
         "LABEL=MODEL runs MODEL under its own name LABEL, so one model can run in several "
-        "variants set by --LABEL.KEY=VALUE, e.g. SAP=STAMPSID --SAP.map_steps=0",
+        "variants set by --LABEL.KEY=VALUE, e.g. SAP=STAMPSID --SAP.multistep_steps=0",
     )
     parser.add_argument(
         "--data_path", default=None, help="folder holding <dataset>/ (RecBole's data_path)"

@@ -79,8 +79,13 @@ def memory_settings(config):
     """The memory keys, checked: ``segment_len``, ``mem_tokens``, ``tail_len``,
     ``con_weight``, ``detach_reference``, ``memory_mode``, ``initial_memory``."""
     max_length = config["MAX_ITEM_LIST_LENGTH"]
-    segment_len = validate.integer("segment_len", config["segment_len"], 1, max_length,
-                                   "(items per segment, at most MAX_ITEM_LIST_LENGTH)")
+    segment_len = validate.integer("segment_len", config["segment_len"], low=1,
+                                   hint="(items per segment)")
+    if segment_len > max_length:
+        raise ValueError(
+            f"segment_len={segment_len} exceeds MAX_ITEM_LIST_LENGTH={max_length}: no history "
+            "could fill a segment. Use a smaller segment_len or a larger MAX_ITEM_LIST_LENGTH."
+        )
     tail_len = validate.integer("tail_len", config["tail_len"], 0, segment_len,
                                 "(items of the previous segment a step re-reads)")
     if tail_len + segment_len > max_length:
