@@ -119,10 +119,10 @@ def test_beam_smaller_than_topk_is_an_error(tiny_data):
 
 
 def test_left_pad():
-    from recbole_semprune.model.decoder_only import DecoderOnlySID
+    from recbole_semprune.model.backbones import DecoderOnly
 
     seq = torch.tensor([[4, 5, 6, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
-    out = DecoderOnlySID.left_pad(seq, torch.tensor([3, 1, 5]))
+    out = DecoderOnly.left_pad(seq, torch.tensor([3, 1, 5]))
     assert out.tolist() == [[0, 0, 4, 5, 6], [0, 0, 0, 0, 7], [1, 2, 3, 4, 5]]
 
 
@@ -134,11 +134,11 @@ def test_dense_loss_trains_on_the_whole_stream(tiny_data):
     dense.backward()
     assert torch.isfinite(dense)
     assert net.token_embedding.weight.grad.abs().sum() > 0
-    net.dense_loss = False
+    net.backbone.dense_loss = False
     torch.manual_seed(0)
     net.eval()
     target_only = net.calculate_loss(batch)
-    net.dense_loss = True
+    net.backbone.dense_loss = True
     assert not torch.isclose(net.calculate_loss(batch), target_only)
 
 
