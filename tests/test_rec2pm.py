@@ -410,7 +410,7 @@ def test_trains_evaluates_and_reloads_to_identical_metrics(tiny_data, monkeypatc
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
 
 
-# ---- the benchmark's latency mode -------------------------------------------------------------
+# ---- the benchmark's latency command ---------------------------------------------------------
 def test_latency_mode_writes_its_table(tiny_data, workdir):
     import contextlib
     import csv
@@ -418,7 +418,7 @@ def test_latency_mode_writes_its_table(tiny_data, workdir):
 
     import yaml
 
-    from recbole_semprune.benchmark import main
+    from recbole_semprune.benchmark.latency import main
 
     protocol = {k: v for k, v in tiny_data.items() if k in TINY_PROTOCOL}
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(protocol))
@@ -455,7 +455,7 @@ def test_latency_mode_writes_its_table(tiny_data, workdir):
 
 
 def test_latency_mode_bad_flag_is_a_usage_error(capsys):
-    from recbole_semprune.benchmark import main
+    from recbole_semprune.benchmark.latency import main
 
     assert main(["--dataset=tiny", "--models=Rec2PM", "--latency_lengths=10,x"]) == 2
     assert "--latency_lengths must be comma-separated integers" in capsys.readouterr().err

@@ -12,8 +12,8 @@ logger = logging.getLogger("recbole_semprune.benchmark")
 # kind: "cost" (results.md and the head of results.csv), "md" (results.md, tail of results.csv),
 # "extra" (tail of results.csv), "ratio" (results.md and .csv), "latency" (latency.csv/.md),
 # "results" (results mode); fmt: how a markdown table writes a value; of: a ratio's figure
-# (this row's / the baseline's).
-Column = namedtuple("Column", "kind fmt text of", defaults=(None,))
+# (this row's / the baseline's); head: a table's header (default: the name).
+Column = namedtuple("Column", "kind fmt text of head", defaults=(None, None))
 COLUMNS = {
     "model": Column("cost", "text", "the model's name, or its LABEL of --models=LABEL=MODEL"),
     "train_steps": Column("cost", "int", "optimisation steps taken"),
@@ -38,7 +38,7 @@ COLUMNS = {
     "utilisation": Column("cost", "pct", "model_gflops_per_second / matmul_gflops_per_second"),
     "kept_fraction": Column("cost", "pct", "pruning models: share of the history tokens kept"),
     "peak_memory_mb": Column("cost", "0f", "peak memory while training: CPU the process's RSS "
-                             "(dataset and interpreter included), GPU max allocated"),
+                             "(dataset and interpreter included), GPU max allocated", head="peak MB"),
     "peak_memory_ratio": Column("ratio", "ratio", "", "peak_memory_mb"),
     "eval_seconds": Column("cost", "num", "wall seconds of the test evaluation"),
     "eval_seconds_per_user": Column("cost", "num", "eval_seconds / eval_users"),
@@ -63,9 +63,9 @@ COLUMNS = {
     "state_bytes": Column("latency", "int", "bytes of the user's serving state"),
     "state_ratio": Column("latency", "ratio", "over the baseline's", "state_bytes"),
     "state_kind": Column("latency", "text", "what the state is"),
-    "best_epoch": Column("results", "1f", "best epoch"),
-    "seconds_to_best": Column("results", "0f", "s to best"),
-    "seconds_per_epoch": Column("results", "0f", "s/epoch"),
+    "best_epoch": Column("results", "1f", "the best validation epoch", head="best epoch"),
+    "seconds_to_best": Column("results", "0f", "training seconds to it", head="s to best"),
+    "seconds_per_epoch": Column("results", "0f", "training seconds per epoch", head="s/epoch"),
 }
 TEXT_COLUMNS = {name for name, column in COLUMNS.items() if column.fmt == "text"}
 
