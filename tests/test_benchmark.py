@@ -10,16 +10,13 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_atomic
+from conftest import REPO, TINY_FLAGS, write_atomic
 from recbole_semprune.benchmark import main, parse_args
 from recbole_semprune.benchmark import report
 
 # tiny models; one torch thread keeps steps fast and steady on a busy CPU
 TINY = [
-    "--hidden_size=16",
-    "--inner_size=32",
-    "--n_layers=1",
-    "--n_heads=2",
+    *TINY_FLAGS,
     "--train_batch_size=256",
     "--state=WARNING",
     "--show_progress=False",
