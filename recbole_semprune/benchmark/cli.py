@@ -26,8 +26,6 @@ BENCHMARK_KEYS = {
     "model": "use --models", "epochs": "use --epochs or --max_steps",
     "max_steps": "use --epochs or --max_steps", "eval_step": "--valid validates after every epoch",
     "stopping_step": "a fixed budget never stops early",
-    **{key: "latency is measured by python -m recbole_semprune.benchmark.latency"
-       for key in ("latency", "latency_lengths", "latency_repeats", "latency_k")},
 }
 # Config values copied into each result (besides the overridden keys), for the record.
 REPORT_KEYS = ["seed", "data_path", "train_batch_size", "eval_batch_size", "learning_rate",
@@ -85,6 +83,9 @@ def parse_args(argv):
     Exits with status 2 (argparse's) on bad flags."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if any(arg.split("=", 1)[0].startswith("--latency") for arg in extra):
+        parser.error("latency has its own command: python -m recbole_semprune.benchmark.latency "
+                     "(the same model flags; --output of this run appends it to results.md)")
     parse_models(parser, args)
     return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
 
