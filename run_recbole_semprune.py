@@ -3,8 +3,10 @@
     python run_recbole_semprune.py --model=RASTP --dataset=amazon-beauty --data_path=../shared/datasets
     python run_recbole_semprune.py --model=SASRec --dataset=ml-100k --epochs=5
     python run_recbole_semprune.py --model=SASRec --dataset=ml-100k --epochs=5 --resume=True
+    python run_recbole_semprune.py --model=TIGER --dataset=ml-100k --max_steps=200
 
-Any other ``--key=value`` is a RecBole / plugin config key and overrides the yaml defaults.
+Any other ``--key=value`` is a RecBole / plugin config key and overrides the yaml defaults
+(``--max_steps=N``: training stops after N optimisation steps).
 Without ``--model`` / ``--dataset``, the ``model:`` / ``dataset:`` keys of the config files
 are used, else RecBole's defaults (BPR on ml-100k). A bad setting, config file, model name or
 data file ends the run with one ``error:`` line and exit status 2, before anything is loaded

@@ -2,6 +2,8 @@
 that resumes after an interruption (:mod:`recbole_semprune.checkpoint`), and the history mask
 ``exclude_seen`` of every model's evaluation."""
 
+import itertools
+import math
 import os
 import threading
 from time import perf_counter, process_time
@@ -137,25 +139,153 @@ class HistoryMaskMixin:
         return interaction, scores, positive_u, positive_i
 
 
-def with_checkpoint_loading(trainer_class):
-    """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints,
-    and, if it is a ``Trainer``, to run in RecBole's distributed mode on CPU too (see
-    :mod:`recbole_semprune.distributed`) and to apply the history mask ``exclude_seen``."""
-    if issubclass(trainer_class, CheckpointLoadingMixin):
-        return trainer_class
-    mixins = (CheckpointLoadingMixin,)
-    if issubclass(trainer_class, RecBoleTrainer):
-        mixins = (DistributedTrainerMixin, HistoryMaskMixin) + mixins
-    return type(trainer_class.__name__, mixins + (trainer_class,), {})
-
-
 def model_epoch_stats(model):
     """A SID model's own figures of the epoch just trained (e.g. kept tokens of a pruning
     model, :meth:`SIDRecommender.pop_epoch_stats`), else ``{}``."""
     return dict(model.pop_epoch_stats()) if isinstance(model, SIDRecommender) else {}
 
 
-class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin, RecBoleTrainer):
+class _FirstBatches:
+    """The first ``steps`` batches of a train loader (every other attribute is the loader's):
+    the last epoch of a ``max_steps`` budget."""
+
+    def __init__(self, loader, steps):
+        self.loader, self.steps = loader, steps
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.steps)
+
+    def __len__(self):
+        return self.steps
+
+    def __getattr__(self, name):
+        if name == "loader":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+class FiguresMixin:
+    """Per-epoch figures and the step budget, for RecBole's ``Trainer`` and its subclasses.
+
+    ``self.epoch_stats``: per epoch its train steps, input tokens and token slots, seconds (wall
+    and CPU), tokens/s and peak memory, and the model's own figures (``pop_epoch_stats()``);
+    ``self.valid_stats``: per validation its time and result. ``max_steps`` (config key): training
+    stops after that many optimisation steps in all (the last epoch is cut short), or after
+    ``epochs``, whichever comes first. ``progress_seconds`` (attribute, None = off): print a
+    progress line to stdout about that often while training.
+    """
+
+    progress_seconds = None
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.epoch_stats, self.valid_stats = [], []
+        self.max_steps = check_max_steps(config["max_steps"])
+        self._progress = None
+
+    def steps_done(self):
+        return sum(stats["steps"] for stats in self.epoch_stats)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
+            callback_fn=None):
+        if self.max_steps is not None:  # the epochs the budget still allows, the last one cut
+            left = max(self.max_steps - self.steps_done(), 0)
+            self.epochs = min(self.epochs, self.start_epoch + math.ceil(left / len(train_data)))
+        self._progress = {"start": perf_counter(), "done": self.steps_done(), "last": perf_counter()}
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        base_loss = loss_func or self.model.calculate_loss
+        stats = {"epoch": epoch_idx, "steps": 0, "tokens": 0, "token_slots": 0}
+        if self.max_steps is not None and self.max_steps - self.steps_done() < len(train_data):
+            train_data = _FirstBatches(train_data, self.max_steps - self.steps_done())
+        in_epoch = len(train_data)
+
+        def counted_loss(interaction):
+            stats["steps"] += 1
+            stats["tokens"] += count_input_tokens(self.model, interaction)
+            stats["token_slots"] += count_token_slots(self.model, interaction)
+            self._print_progress(epoch_idx, stats["steps"], in_epoch)
+            return base_loss(interaction)
+
+        start, start_cpu = perf_counter(), process_time()
+        with PeakMemory(self.device) as memory:
+            losses = super()._train_epoch(train_data, epoch_idx, counted_loss, show_progress)
+        stats["seconds"] = perf_counter() - start
+        stats["cpu_seconds"] = process_time() - start_cpu
+        stats["tokens_per_second"] = stats["tokens"] / max(stats["seconds"], 1e-9)
+        stats["peak_memory_mb"] = memory.peak_mb
+        stats.update(model_epoch_stats(self.model))
+        self.epoch_stats.append(stats)
+        self._print_progress(epoch_idx, stats["steps"], in_epoch, end=True)
+        return losses
+
+    def _print_progress(self, epoch_idx, step, in_epoch, end=False):
+        """``progress: epoch E/N, step K/M, S s/step ..., ETA of training T s`` (the step is
+        counted when its batch arrives; ``end``: the epoch's last step is done)."""
+        now, progress = perf_counter(), self._progress
+        if self.progress_seconds is None or progress is None:
+            return
+        if not end and (now - progress["last"] < self.progress_seconds or step == in_epoch):
+            return
+        progress["last"] = now
+        done = self.steps_done() if end else self.steps_done() + step - 1
+        per_step = (now - progress["start"]) / max(done - progress["done"], 1)
+        total = self.max_steps or self.epochs * in_epoch
+        print(f"progress: epoch {epoch_idx + 1}/{self.epochs}, step {step}/{in_epoch}, "
+              f"{per_step:.2f} s/step (wall, evaluation included), "
+              f"ETA of training {per_step * max(total - done, 0):.0f} s", flush=True)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start, start_cpu = perf_counter(), process_time()
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_stats.append({
+            "epoch": self.epoch_stats[-1]["epoch"] if self.epoch_stats else None,
+            # training seconds of the epochs so far: the x of a validation curve
+            "train_seconds": sum(s["seconds"] for s in self.epoch_stats),
+            "seconds": perf_counter() - start,
+            "cpu_seconds": process_time() - start_cpu,
+            "result": dict(result),
+        })
+        return score, result
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        output = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+        if not self.epoch_stats or self.epoch_stats[-1]["epoch"] != epoch_idx:
+            return output
+        stats = self.epoch_stats[-1]
+        model_part = ""
+        if isinstance(self.model, SIDRecommender):
+            model_part = self.model.describe_epoch_stats(stats)
+        return output[:-1] + (
+            ", " + set_color("tokens/s", "blue") + f": {stats['tokens_per_second']:.0f}, "
+            + set_color("peak memory", "blue") + f": {stats['peak_memory_mb']:.0f} MB"
+            + (", " + model_part if model_part else "") + "]"
+        )
+
+
+def check_max_steps(value):
+    """The config key ``max_steps``: None (no step budget) or a positive int."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_steps must be a positive int or None, got {value!r}")
+    return value
+
+
+def with_checkpoint_loading(trainer_class):
+    """``trainer_class`` (one of RecBole's special trainers) able to reload its checkpoints,
+    and, if it is a ``Trainer``, recording the per-epoch figures and honouring ``max_steps``
+    (:class:`FiguresMixin`), running in RecBole's distributed mode on CPU too (see
+    :mod:`recbole_semprune.distributed`) and applying the history mask ``exclude_seen``."""
+    if issubclass(trainer_class, CheckpointLoadingMixin):
+        return trainer_class
+    mixins = (CheckpointLoadingMixin,)
+    if issubclass(trainer_class, RecBoleTrainer):
+        mixins = (DistributedTrainerMixin, HistoryMaskMixin) + mixins + (FiguresMixin,)
+    return type(trainer_class.__name__, mixins + (trainer_class,), {})
+
+
+class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin, FiguresMixin,
+              RecBoleTrainer):
     """RecBole's ``Trainer`` that also measures, per epoch, train steps, input tokens/s and peak
     memory (``self.epoch_stats``; the last epoch's figures are added to the epoch log line),
     and per validation its time and result (``self.valid_stats``), reads its own checkpoints
@@ -163,7 +293,7 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
     single-process metrics (:mod:`recbole_semprune.distributed`), applies the history mask
     ``exclude_seen`` (:class:`HistoryMaskMixin`), and resumes after an interruption.
 
-    A model may report figures of its own per epoch: ``pop_epoch_stats()`` returns them as a
+    A SID model reports figures of its own per epoch: ``pop_epoch_stats()`` returns them as a
     dict (and resets them), merged into the epoch's stats; ``describe_epoch_stats(stats)``
     returns the text appended to the epoch log line.
 
@@ -177,8 +307,6 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.epoch_stats = []
-        self.valid_stats = []
         self.last_checkpoint_file = None
         self.finished = False  # training is over (early stop or last epoch): only testing is left
         self._best_checkpoint = None  # CPU copy of the best checkpoint, for the resume state
@@ -290,32 +418,14 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
-    # ---- figures ------------------------------------------------------------------------
+    # ---- figures (FiguresMixin) ---------------------------------------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # Epoch ``epoch_idx - 1`` is complete (validated, early stopping updated) when the next
         # one starts: its resume state is written now, outside the timed window; the last
         # epoch's when fit() ends.
         if epoch_idx > self.start_epoch:
             self._write_last_checkpoint(epoch_idx - 1)
-        base_loss = loss_func or self.model.calculate_loss
-        stats = {"epoch": epoch_idx, "steps": 0, "tokens": 0, "token_slots": 0}
-
-        def counted_loss(interaction):
-            stats["steps"] += 1
-            stats["tokens"] += count_input_tokens(self.model, interaction)
-            stats["token_slots"] += count_token_slots(self.model, interaction)
-            return base_loss(interaction)
-
-        start, start_cpu = perf_counter(), process_time()
-        with PeakMemory(self.device) as memory:
-            losses = super()._train_epoch(train_data, epoch_idx, counted_loss, show_progress)
-        stats["seconds"] = perf_counter() - start
-        stats["cpu_seconds"] = process_time() - start_cpu
-        stats["tokens_per_second"] = stats["tokens"] / max(stats["seconds"], 1e-9)
-        stats["peak_memory_mb"] = memory.peak_mb
-        stats.update(model_epoch_stats(self.model))
-        self.epoch_stats.append(stats)
-        return losses
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
 
     def evaluate(self, *args, **kwargs):
         """RecBole's evaluation; with ``enable_amp`` under autocast too, as training is (RecBole
@@ -323,34 +433,3 @@ class Trainer(DistributedTrainerMixin, HistoryMaskMixin, CheckpointLoadingMixin,
         (its beam scores still add up in float32)."""
         with torch.autocast(device_type=self.device.type, enabled=bool(self.enable_amp)):
             return super().evaluate(*args, **kwargs)
-
-    def _valid_epoch(self, valid_data, show_progress=False):
-        start, start_cpu = perf_counter(), process_time()
-        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self.valid_stats.append({
-            "epoch": self.epoch_stats[-1]["epoch"] if self.epoch_stats else None,
-            # training seconds of the epochs so far: the x of a validation curve
-            "train_seconds": sum(s["seconds"] for s in self.epoch_stats),
-            "seconds": perf_counter() - start,
-            "cpu_seconds": process_time() - start_cpu,
-            "result": dict(result),
-        })
-        return score, result
-
-    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
-        output = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
-        if not self.epoch_stats or self.epoch_stats[-1]["epoch"] != epoch_idx:
-            return output
-        stats = self.epoch_stats[-1]
-        model_part = ""
-        if isinstance(self.model, SIDRecommender):
-            model_part = self.model.describe_epoch_stats(stats)
-        return output[:-1] + (
-            ", "
-            + set_color("tokens/s", "blue")
-            + f": {stats['tokens_per_second']:.0f}, "
-            + set_color("peak memory", "blue")
-            + f": {stats['peak_memory_mb']:.0f} MB"
-            + (", " + model_part if model_part else "")
-            + "]"
-        )

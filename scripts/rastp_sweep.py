@@ -1,27 +1,27 @@
 #!/usr/bin/env python
 """RASTP sweep: prune_layer x keep_ratio x prune_scorer (x keep_ratio_mode) under one budget.
 
-Every point is one run of the plugin benchmark (``recbole_semprune.benchmark``: a fresh worker
-process, the same dataset, split, seed, budget and evaluated users), plus a first, unpruned
-point (``prune_scorer=none``, i.e. TIGER) that the speed-ups are measured against. Writes
+One run of the plugin benchmark (``recbole_semprune.benchmark``): every point is a labelled
+variant of RASTP (``--models=unpruned=RASTP,rastp-p1-k0_25-fixed=RASTP,...`` with
+``--LABEL.prune_layer=...``), each in a fresh worker process with the same dataset, split,
+seed, budget and evaluated users, and a first, unpruned point (``prune_scorer=none``, i.e.
+TIGER) is the baseline the speed-ups are measured against. Writes
 
     <output>/sweep.csv    one row per point: settings, cost, speed-up, kept tokens, metrics
     <output>/sweep.png    speed-up vs accuracy (needs matplotlib; skipped with a message)
-    <output>/<point>/     the benchmark's own tables and worker log of each point
+    <output>/results.*    the benchmark's own tables; <output>/<point>/ its worker log
 
-The CSV is rewritten after every point, so a stopped sweep keeps what it ran. Example (the
-full grid; docs/rastp.md runs the ``--design=star`` subset)::
+Example (the full grid; docs/rastp.md runs the ``--design=star`` subset)::
 
     python scripts/rastp_sweep.py --data_path=../shared/datasets --dataset=amazon-beauty \\
         --prune_layers=1,2,3 --keep_ratios=0.25,0.3333,0.5 \\
         --scorers=rastp,attention,saliency_l1,random --max_steps=300 --eval_max_users=2000 \\
         --threads=1
 
-Extra ``--KEY=VALUE`` arguments go to every run (as on the benchmark's command line).
+Extra ``--KEY=VALUE`` arguments go to every point (as on the benchmark's command line).
 """
 
 import argparse
-import csv
 import datetime
 import itertools
 import logging
@@ -34,6 +34,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from recbole_semprune.benchmark import BenchmarkError, report, run_benchmark  # noqa: E402
+from recbole_semprune.benchmark.common import cli_logging  # noqa: E402
 
 logger = logging.getLogger("rastp_sweep")
 
@@ -101,63 +102,46 @@ def grid(args):
 def point_name(point):
     if point["prune_scorer"] == "none":
         return "unpruned"
-    return (f"{point['prune_scorer']}-p{point['prune_layer']}-k{point['keep_ratio']:g}"
-            f"-{point['keep_ratio_mode']}")
+    ratio = f"{point['keep_ratio']:g}".replace(".", "_")  # a label has no dot
+    return f"{point['prune_scorer']}-p{point['prune_layer']}-k{ratio}-{point['keep_ratio_mode']}"
 
 
-def benchmark_argv(args, point, extra, output):
+def benchmark_argv(args, points, extra, output):
+    """The benchmark's command line: one labelled RASTP variant per point."""
     budget = f"--epochs={args.epochs}" if args.epochs else f"--max_steps={args.max_steps or 300}"
-    argv = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", "--models=RASTP",
-            budget, f"--output={output}"]
-    if args.eval_max_users:
-        argv.append(f"--eval_max_users={args.eval_max_users}")
-    if args.threads:
-        argv.append(f"--threads={args.threads}")
-    if args.valid:
-        argv.append("--valid")
-    if args.resume:
-        argv.append("--resume")
-    return argv + [f"--{key}={value}" for key, value in point.items()] + extra
+    argv = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", budget,
+            "--models=" + ",".join(f"{point_name(p)}=RASTP" for p in points),
+            "--baseline=unpruned", f"--output={output}"]
+    argv += [f"--eval_max_users={args.eval_max_users}"] if args.eval_max_users else []
+    argv += [f"--threads={args.threads}"] if args.threads else []
+    argv += [flag for flag, on in (("--valid", args.valid), ("--resume", args.resume)) if on]
+    return argv + [f"--{point_name(p)}.{key}={value}" for p in points for key, value in p.items()] + extra
 
 
-def run_point(args, point, extra, output):
-    name = point_name(point)
-    folder = os.path.join(output, name)
-    row = {"point": name, **{key: point.get(key, "") for key in SETTINGS}}
-    try:
-        _, _, rows = run_benchmark(benchmark_argv(args, point, extra, folder))
-    except BenchmarkError as error:
-        return dict(row, status="failed", error=str(error))
-    flat = report.flat_rows(rows, baseline=None)[0]
-    flat.update({key: rows[0].get(key) for key in KEPT_COLUMNS})
-    return dict(row, **flat, output=folder)
-
-
-def add_speedups(rows):
-    """Speed-ups against the unpruned point (its seconds / this point's seconds): wall clock,
-    and CPU seconds of the worker process (robust to other load on the machine)."""
-    base = next((r for r in rows if r["point"] == "unpruned" and r.get("status") == "ok"), None)
-    for row in rows:
-        for column, source in (("train_speedup", "train_seconds_per_step"),
-                               ("train_cpu_speedup", "train_cpu_seconds_per_step"),
-                               ("eval_speedup", "eval_seconds")):
-            ok = base is not None and row.get("status") == "ok" and row.get(source)
-            row[column] = base[source] / row[source] if ok else None
+def sweep_rows(points, rows):
+    """One row per point: its settings, the benchmark's figures, and the speed-ups against the
+    unpruned point (its seconds / this point's: wall clock, CPU seconds, evaluation)."""
+    flat = {row["model"]: row for row in report.flat_rows(rows, "unpruned")}
+    out = []
+    for point, row in zip(points, rows):
+        settings = {key: point.get(key, "") for key in SETTINGS}
+        figures = dict(flat[row["model"]], **{key: row.get(key) for key in KEPT_COLUMNS})
+        for speedup, ratio in (("train_speedup", "train_seconds_per_step_ratio"),
+                               ("train_cpu_speedup", "train_cpu_seconds_per_step_ratio"),
+                               ("eval_speedup", "eval_seconds_ratio")):
+            figures[speedup] = 1 / figures[ratio] if figures.get(ratio) else None
+        out.append({"point": row["model"], **settings, **figures})
+    return out
 
 
 def write_csv(path, rows):
     metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
     columns = (["point"] + SETTINGS + ["status", "train_seconds_per_step", "train_speedup",
                "train_cpu_seconds_per_step", "train_cpu_speedup", "eval_seconds", "eval_speedup",
-               "tokens_per_second", "peak_memory_mb"]
-               + KEPT_COLUMNS + metrics
+               "tokens_per_second", "peak_memory_mb"] + KEPT_COLUMNS + metrics
                + ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
-                  "params", "error", "output"])
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+                  "params", "error"])
+    report.write_csv(path, columns, rows)
 
 
 def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
@@ -211,20 +195,20 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"rastp-sweep-{args.dataset}-{now:%Y%m%d-%H%M%S}")
-    os.makedirs(output, exist_ok=True)
     points = grid(args)
-    rows = []
-    for index, point in enumerate(points, 1):
-        logger.info("[%d/%d] %s", index, len(points), point_name(point))
-        rows.append(run_point(args, point, extra, output))
-        add_speedups(rows)
-        write_csv(os.path.join(output, "sweep.csv"), rows)
+    try:
+        with cli_logging():
+            status, _, rows = run_benchmark(benchmark_argv(args, points, extra, output))
+    except BenchmarkError as error:
+        parser.error(str(error))
+    rows = sweep_rows(points, rows)
+    write_csv(os.path.join(output, "sweep.csv"), rows)
     budget = f"epochs={args.epochs}" if args.epochs else f"max_steps={args.max_steps or 300}"
     title = f"RASTP sweep, {args.dataset}, {budget}, eval users: {args.eval_max_users or 'all'}"
     if write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title):
         logger.info("plot: %s", os.path.join(output, "sweep.png"))
     logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
-    return 1 if any(r.get("status") != "ok" for r in rows) else 0
+    return status
 
 
 if __name__ == "__main__":

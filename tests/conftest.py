@@ -1,4 +1,5 @@
 import os
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ TINY = {
     "reproducibility": True,
     "seed": 2020,
 }
+
+
+# The model sizes above as command-line flags (benchmark, results mode, latency).
+TINY_FLAGS = [f"--{key}={TINY[key]}" for key in ("hidden_size", "inner_size", "n_layers", "n_heads")]
+# Semantic IDs and beam of every SID model in the tests; TINY_SID adds a one-layer decoder,
+# REC2PM_SMALL Rec2PM's segments and memory.
+SID_SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10}
+TINY_SID = dict(SID_SMALL, n_dec_layers=1)
+REC2PM_SMALL = dict(SID_SMALL, segment_len=3, mem_tokens=2)
 
 
 @pytest.fixture
@@ -118,23 +128,29 @@ def stepwise_log_probs(net, seq, seq_len, codes):
 
 
 # Sizes of the pruning tests (test_pruning, test_stamp): 3 layers, pruning after the 2nd.
-PRUNING_SMALL = {
-    "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10,
-    "n_layers": 3, "n_dec_layers": 1, "prune_layer": 2,
-}
+PRUNING_SMALL = dict(TINY_SID, n_layers=3, prune_layer=2)
 # backbone key -> the unpruned model of that backbone
 BACKBONES = {"tiger": "TIGER", "decoder_only": "DecoderOnlySID"}
 
 
-def build_pruning_net(model, tiny_data, **overrides):
-    """``(model in eval mode, train loader, test loader)`` at :data:`PRUNING_SMALL` sizes."""
+Tiny = namedtuple("Tiny", "config dataset train valid test model trainer")
+
+
+def build_tiny(model, settings, **overrides):
+    """What a run builds for ``model`` on the tiny dataset, as a :class:`Tiny` (config,
+    dataset, the three loaders, model, trainer): ``settings`` (the :func:`tiny_data` dict,
+    often with sizes such as :data:`TINY_SID`) and then ``overrides`` are its config dict."""
     from recbole_semprune.config import Config
     from recbole_semprune.quick_start import _build
 
-    config = Config(model=model, dataset="tiny",
-                    config_dict={**tiny_data, **PRUNING_SMALL, **overrides})
-    _, train_data, _, test_data, net, _ = _build(config)
-    return net.eval(), train_data, test_data
+    config = Config(model=model, dataset="tiny", config_dict={**settings, **overrides})
+    return Tiny(config, *_build(config))
+
+
+def build_pruning_net(model, tiny_data, **overrides):
+    """``(model in eval mode, train loader, test loader)`` at :data:`PRUNING_SMALL` sizes."""
+    built = build_tiny(model, {**tiny_data, **PRUNING_SMALL}, **overrides)
+    return built.model.eval(), built.train, built.test
 
 
 def reload_and_evaluate(saved_model_file, monkeypatch):

@@ -10,17 +10,13 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_atomic
+from conftest import REPO, TINY_FLAGS, write_atomic
 from recbole_semprune.benchmark import main, parse_args
 from recbole_semprune.benchmark import report
-from recbole_semprune.benchmark.worker import StepBudgetLoader
 
 # tiny models; one torch thread keeps steps fast and steady on a busy CPU
 TINY = [
-    "--hidden_size=16",
-    "--inner_size=32",
-    "--n_layers=1",
-    "--n_heads=2",
+    *TINY_FLAGS,
     "--train_batch_size=256",
     "--state=WARNING",
     "--show_progress=False",
@@ -410,18 +406,27 @@ def test_resume_needs_the_output_folder(tmp_path):
     assert status == 2 and "--resume needs the --output folder" in stderr
 
 
-def test_step_budget_loader_restarts_and_delegates():
-    class Loader(list):
-        shuffle = True
+def test_max_steps_is_a_trainer_budget_across_epochs(tiny_data):
+    """``max_steps`` (config key): epochs go on until N optimisation steps, the last one cut
+    short; for RecBole's Pop too (its TraditionalTrainer records the same figures)."""
+    from recbole_semprune.quick_start import run_recbole_semprune
 
-    loader = StepBudgetLoader(Loader([1, 2, 3]), 7)
-    assert list(loader) == [1, 2, 3, 1, 2, 3, 1]
-    assert len(loader) == 7 and loader.shuffle is True
-    assert list(StepBudgetLoader(Loader([1, 2, 3]), 2)) == [1, 2]
-    with pytest.raises(RuntimeError, match="no batch"):
-        list(StepBudgetLoader(Loader([]), 1))
-    with pytest.raises(ValueError):
-        StepBudgetLoader(Loader([1]), 0)
+    # 120 users x 9 training rows in batches of 512: 3 steps per epoch
+    result = run_recbole_semprune(model="SASRec", dataset="tiny",
+                                  config_dict=dict(tiny_data, epochs=10, max_steps=7))
+    assert [(s["epoch"], s["steps"]) for s in result["epoch_stats"]] == [(0, 3), (1, 3), (2, 1)]
+    pop = run_recbole_semprune(model="Pop", dataset="tiny", config_dict=dict(tiny_data, max_steps=2))
+    assert [s["steps"] for s in pop["epoch_stats"]] == [2]
+
+
+def test_pop_runs_in_the_benchmark(tmp_path):
+    config = tiny_dataset(tmp_path / "data")
+    status, _, stderr = run_main(
+        ["--models=Pop,SASRec", *tiny_flags(tmp_path, config), "--max_steps=2", "--in_process",
+         f"--output={tmp_path / 'out'}"], tmp_path)
+    assert status == 0, stderr[-3000:]
+    pop, sasrec = read_csv(tmp_path / "out" / "results.csv")
+    assert pop["status"] == "ok" and int(pop["train_steps"]) == 2 and sasrec["status"] == "ok"
 
 
 def test_plot_is_optional(ml100k, tmp_path, monkeypatch, caplog):

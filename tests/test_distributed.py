@@ -12,14 +12,14 @@ import socket
 import pytest
 import torch
 
-from conftest import TINY, TINY_PROTOCOL, load_script, make_tiny_dataset
+from conftest import TINY, TINY_PROTOCOL, TINY_SID, load_script, make_tiny_dataset
 from recbole_semprune import distributed
 from recbole_semprune.config import Config
 from recbole_semprune.distributed import DistributedSettingsError, check_settings, resolve_backend
 from recbole_semprune.quick_start import distributed_settings, load_data_and_model, run
 from recbole_semprune.utils import create_dataset, get_trainer, plugin_models
 
-SMALL_SID = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
+SMALL_SID = TINY_SID
 # 121 users: 2 ranks get 61 each, RecBole's DistributedSampler pads with a duplicate user
 N_USERS = 121
 

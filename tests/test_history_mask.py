@@ -3,20 +3,17 @@
 import pytest
 import torch
 
+from conftest import TINY_SID, build_tiny
 from recbole_semprune.analysis import per_user_metrics, positions_of
 from recbole_semprune.config import Config
-from recbole_semprune.quick_start import _build
 
-SID_SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
-MODELS = {"SASRec": {}, "TIGER": SID_SMALL}
+MODELS = {"SASRec": {}, "TIGER": TINY_SID}
 
 
 def build(model, tiny_data, **overrides):
-    config = Config(model=model, dataset="tiny",
-                    config_dict={**tiny_data, **MODELS.get(model, {}), **overrides})
-    _, train_data, _, test_data, net, trainer = _build(config)
-    trainer._train_epoch(train_data, 0)  # a model that ranks something, not its initialisation
-    return net.eval(), trainer, test_data
+    built = build_tiny(model, {**tiny_data, **MODELS.get(model, {})}, **overrides)
+    built.trainer._train_epoch(built.train, 0)  # a model that ranks something, not its initialisation
+    return built.model.eval(), built.trainer, built.test
 
 
 def by_hand(net, test_data, mask, topk=(5, 10)):

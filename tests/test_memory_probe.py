@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from conftest import load_script
+from conftest import REC2PM_SMALL, load_script
 from recbole_semprune.quick_start import run_recbole_semprune
 
-SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len": 3, "mem_tokens": 2}
+SMALL = REC2PM_SMALL
 
 
 @pytest.fixture(scope="module")

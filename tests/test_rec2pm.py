@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TINY_PROTOCOL, write_atomic, reload_and_evaluate
+from conftest import REC2PM_SMALL, TINY, TINY_FLAGS, TINY_PROTOCOL, build_tiny, reload_and_evaluate, write_atomic
 from recbole_semprune.config import Config
 from recbole_semprune.model.rec2pm import Rec2PMState, global_attention_mask
-from recbole_semprune.quick_start import _build, run_recbole_semprune
+from recbole_semprune.quick_start import run_recbole_semprune
 
-SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "segment_len": 3, "mem_tokens": 2}
+SMALL = REC2PM_SMALL
 
 
 def build(tiny_data, model="Rec2PM", **overrides):
-    config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **SMALL, **overrides})
-    dataset, train_data, valid_data, test_data, net, trainer = _build(config)
-    return config, train_data, valid_data, test_data, net.eval()
+    built = build_tiny(model, {**tiny_data, **SMALL}, **overrides)
+    return built.config, built.train, built.valid, built.test, built.model.eval()
 
 
 def batch_of(net, histories, targets):
@@ -411,7 +410,7 @@ def test_trains_evaluates_and_reloads_to_identical_metrics(tiny_data, monkeypatc
     assert dict(again) == pytest.approx(dict(result["test_result"]), abs=1e-12)
 
 
-# ---- the benchmark's latency mode -------------------------------------------------------------
+# ---- the benchmark's latency command ---------------------------------------------------------
 def test_latency_mode_writes_its_table(tiny_data, workdir):
     import contextlib
     import csv
@@ -419,7 +418,7 @@ def test_latency_mode_writes_its_table(tiny_data, workdir):
 
     import yaml
 
-    from recbole_semprune.benchmark import main
+    from recbole_semprune.benchmark.latency import main
 
     protocol = {k: v for k, v in tiny_data.items() if k in TINY_PROTOCOL}
     (workdir / "tiny.yaml").write_text(yaml.safe_dump(protocol))
@@ -428,7 +427,7 @@ def test_latency_mode_writes_its_table(tiny_data, workdir):
         "--dataset=tiny", f"--data_path={tiny_data['data_path']}", "--models=Rec2PM,DecoderOnlySID",
         "--baseline=DecoderOnlySID", f"--config_files={workdir / 'tiny.yaml'}",
         "--latency_lengths=4,9", "--latency_repeats=1", f"--output={output}", "--threads=1",
-        "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=2", "--state=WARNING",
+        *TINY_FLAGS, "--state=WARNING",
         f"--checkpoint_dir={workdir / 'saved'}",
         *[f"--{k}={v}" for k, v in SMALL.items() if k not in ("segment_len", "mem_tokens")],
         "--Rec2PM.segment_len=3", "--Rec2PM.mem_tokens=2",
@@ -456,7 +455,7 @@ def test_latency_mode_writes_its_table(tiny_data, workdir):
 
 
 def test_latency_mode_bad_flag_is_a_usage_error(capsys):
-    from recbole_semprune.benchmark import main
+    from recbole_semprune.benchmark.latency import main
 
     assert main(["--dataset=tiny", "--models=Rec2PM", "--latency_lengths=10,x"]) == 2
     assert "--latency_lengths must be comma-separated integers" in capsys.readouterr().err

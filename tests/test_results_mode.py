@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import make_tiny_dataset
+from conftest import TINY_FLAGS, make_tiny_dataset
 
 from recbole_semprune.benchmark import results
 
@@ -18,8 +18,7 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
                 "--topk=[5,10]", "--valid_metric=NDCG@10", "--train_neg_sample_args=None", "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'group_by': 'user', 'mode': 'full'}"]
     argv = ["--dataset=tiny", f"--data_path={data}", "--models=TIGER,SASRec", "--seeds=1,2",
             "--SASRec.seeds=1", "--output=out", "--baseline=TIGER", "--threads=1",
-            "--epochs=3", "--stopping_step=1", "--hidden_size=16", "--inner_size=32",
-            "--n_layers=1", "--n_heads=2", "--TIGER.n_dec_layers=1", "--TIGER.sid_levels=2",
+            "--epochs=3", "--stopping_step=1", *TINY_FLAGS, "--TIGER.n_dec_layers=1", "--TIGER.sid_levels=2",
             "--TIGER.sid_codebook_size=8", "--TIGER.beam_size=10", "--state=WARNING",
             "--train_batch_size=256", *protocol]
     assert results.main(argv) == 0

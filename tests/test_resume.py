@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, TINY_SID
 from recbole_semprune import checkpoint
 from recbole_semprune.checkpoint import ResumeError
 from recbole_semprune.compat import load_checkpoint
@@ -20,8 +20,7 @@ from recbole_semprune.trainer import Trainer
 
 # a few epochs, validated after each, with early stopping able to act
 EPOCHS = {"epochs": 3, "eval_step": 1, "stopping_step": 2}
-SID_SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1,
-             "head_size": 8, "MAX_ITEM_LIST_LENGTH": 5}
+SID_SMALL = dict(TINY_SID, head_size=8, MAX_ITEM_LIST_LENGTH=5)
 
 
 class Interrupted(Exception):

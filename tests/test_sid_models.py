@@ -7,18 +7,16 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, stepwise_log_probs, reload_and_evaluate
-from recbole_semprune.config import Config
-from recbole_semprune.quick_start import _build, run_recbole_semprune
+from conftest import REPO, TINY_SID, build_tiny, reload_and_evaluate, stepwise_log_probs
+from recbole_semprune.quick_start import run_recbole_semprune
 
 MODELS = ["TIGER", "DecoderOnlySID"]
-SMALL = {"sid_levels": 2, "sid_codebook_size": 8, "beam_size": 10, "n_dec_layers": 1}
+SMALL = TINY_SID
 
 
 def build(model, tiny_data, **overrides):
-    config = Config(model=model, dataset="tiny", config_dict={**tiny_data, **SMALL, **overrides})
-    dataset, train_data, valid_data, test_data, net, trainer = _build(config)
-    return config, train_data, test_data, net.eval(), trainer
+    built = build_tiny(model, {**tiny_data, **SMALL}, **overrides)
+    return built.config, built.train, built.test, built.model.eval(), built.trainer
 
 
 def histories(test_data, n=8):

@@ -9,21 +9,13 @@ optimisation steps), seed and machine, one after another, each in a fresh proces
 
 * :mod:`.cli` parses the command line, checks every model and config before training, runs
   the workers and writes the tables (:func:`main`, :func:`run_benchmark`);
-* :mod:`.worker` builds, trains and evaluates one model (:func:`run_model`), in a subprocess
-  (``python -m recbole_semprune.benchmark.worker SPEC.json``) or in-process;
-* :mod:`.report` turns the per-model results into the tables and the optional plot.
+* :mod:`.worker` builds, fits and evaluates one model (:func:`run_model`);
+* :mod:`.report` declares every column once and writes the tables and plots;
+* :mod:`.latency` (``python -m recbole_semprune.benchmark.latency``): latency and state per
+  user against history length; :mod:`.results`: models trained to early stopping, several seeds.
 """
 
-import sys
-
-from recbole_semprune.benchmark import cli, latency
-from recbole_semprune.benchmark.cli import BenchmarkError, parse_args, run_benchmark
+from recbole_semprune.benchmark.cli import main, parse_args, run_benchmark
+from recbole_semprune.benchmark.common import BenchmarkError
 
 __all__ = ["BenchmarkError", "main", "parse_args", "run_benchmark"]
-
-
-def main(argv=None):
-    """``python -m recbole_semprune.benchmark``: the latency mode (``--latency``,
-    ``--latency_lengths``; :mod:`.latency`) or the training benchmark (:func:`cli.main`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return latency.main(argv) if latency.requested(argv) else cli.main(argv)

@@ -1,110 +1,74 @@
-"""Latency mode of the benchmark: next-item latency and state bytes per user vs history length.
+"""Next-item latency and state bytes per user against history length:
+``python -m recbole_semprune.benchmark.latency``.
 
-``python -m recbole_semprune.benchmark --latency ...`` (or ``--latency_lengths=50,200,...``)
-measures, for every model of ``--models`` and every history length ``n``, how long one request
-of one user takes and how many bytes that user's serving state holds:
+    python -m recbole_semprune.benchmark.latency --dataset=ml-100k --models=DecoderOnlySID,Rec2PM \
+        --latency_lengths=50,200,500,1000,2000 [--KEY=VALUE ...] [--Model.KEY=VALUE ...]
 
-- a **stateful** model (one with ``init_state`` / ``update`` / ``recommend``: Rec2PM) keeps its
-  state between requests; a request is ``update(state, [new item])`` then
-  ``recommend(state, k)``, timed for ``segment_len`` consecutive requests after a history of
-  ``n`` items (so every length of the incomplete segment and one segment fold are counted
-  once); the state is :meth:`~recbole_semprune.model.rec2pm.Rec2PMState.bytes_per_user` at
-  ``n`` items;
-- a **full-history SID model** (``generation_state``: DecoderOnlySID, TIGER ...) reads the
-  whole history at every request: ``full_sort_predict`` (prefill of ``n x L`` tokens, then
-  beam search); its state is the KV cache of the history (measured: the keys and values of
-  every layer after the prefill), what it would have to keep per user to skip the prefill;
-- any other RecBole sequential model: ``full_sort_predict`` + top-k; state = its keys and
-  values computed from its sizes (``2 x n_layers x n x hidden_size`` floats) when it has
-  ``n_layers`` and ``hidden_size``, else the history's item ids.
+For every model of ``--models`` and every history length ``n``: how long one request of one
+user takes and how many bytes that user's serving state holds.
 
-Histories are synthetic (uniform random item ids): cost does not depend on which items they
-are. Models are built from their benchmark config (same dataset, codes and overrides as the
-accuracy run) with ``MAX_ITEM_LIST_LENGTH`` raised to the longest length, untrained (cost does
-not depend on the weights), and measured one after another in this process, one user per
-request. With a training budget (``--epochs`` / ``--max_steps``) on the same command line, the
-usual benchmark runs first and the latency tables go to the same folder, appended to
-``results.md``: accuracy, training cost and latency of one invocation.
+- a **stateful** model (``init_state`` / ``update`` / ``recommend``: Rec2PM) keeps its state
+  between requests; a request is ``update(state, [new item])`` then ``recommend(state, k)``,
+  timed for ``segment_len`` consecutive requests after ``n`` items (every length of the
+  incomplete segment and one segment fold); the state is ``Rec2PMState.bytes_per_user``;
+- a **full-history SID model** (``generation_state``) reads the whole history at every request
+  (``full_sort_predict``: prefill of ``n x L`` tokens, then beam search); its state is the KV
+  cache of the history, measured after the prefill;
+- any other sequential model: ``full_sort_predict`` + top-k; state = ``2 x n_layers x n x
+  hidden_size`` floats when it has those sizes, else the history's item ids.
 
-Outputs: ``latency.csv``, ``latency.md``, ``latency.json`` and ``latency.png`` (with
-matplotlib) in the output folder.
+Histories are synthetic; models are built from the same config as the benchmark's (dataset,
+codes, overrides) with ``MAX_ITEM_LIST_LENGTH`` raised to the longest length, untrained, and
+measured one after another in this process. Outputs in ``--output``: ``latency.csv``,
+``latency.md``, ``latency.json``, ``latency.png`` (with matplotlib); the section is also
+appended to a ``results.md`` already there (a training benchmark run with the same ``--output``).
 """
 
-import csv
+import argparse
 import datetime
 import gc
 import json
-import logging
 import os
+import shlex
 import statistics
 import sys
 import warnings
 from time import perf_counter
 
 from recbole_semprune.benchmark import report
+from recbole_semprune.benchmark.common import (
+    BenchmarkError, add_model_arguments, cli_logging, logger, parse_models, parse_overrides,
+    positive_int, preflight,
+)
 
-logger = logging.getLogger("recbole_semprune.benchmark")
-
-DEFAULT_LENGTHS = (50, 200, 500, 1000, 2000)
-FLAGS = ("--latency", "--latency_lengths", "--latency_repeats", "--latency_k")
-COLUMNS = [
-    "model",
-    "history_length",
-    "latency_ms",
-    "latency_ratio",
-    "latency_max_ms",
-    "requests",
-    "state_bytes",
-    "state_ratio",
-    "state_kind",
-]
+COLUMNS = ["model"] + report.columns("latency")
 
 
-class LatencyArgumentError(ValueError):
-    """A bad latency flag."""
-
-
-def requested(argv):
-    """Whether the command line asks for the latency mode."""
-    return any(arg.split("=", 1)[0] in FLAGS for arg in argv)
-
-
-def _positive_int(flag, text):
+def _lengths(text):
     try:
-        value = int(text)
+        lengths = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
-        raise LatencyArgumentError(f"{flag}: invalid int value {text!r}") from None
-    if value < 1:
-        raise LatencyArgumentError(f"{flag} must be >= 1, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"--latency_lengths must be comma-separated integers, got {text!r}")
+    if not lengths or lengths[0] < 1:
+        raise argparse.ArgumentTypeError(f"--latency_lengths must be positive, got {text!r}")
+    return lengths
 
 
-def split_argv(argv):
-    """``(options, rest)``: the latency flags parsed, and the benchmark's own arguments."""
-    options = {"lengths": list(DEFAULT_LENGTHS), "repeats": 3, "k": 10}
-    rest = []
-    for arg in argv:
-        flag, has_value, value = arg.partition("=")
-        if flag == "--latency":
-            if has_value:
-                raise LatencyArgumentError("--latency takes no value (use --latency_lengths=...)")
-        elif flag == "--latency_lengths":
-            try:
-                lengths = [int(v) for v in value.split(",") if v.strip()]
-            except ValueError:
-                raise LatencyArgumentError(
-                    f"--latency_lengths must be comma-separated integers, got {value!r}"
-                ) from None
-            if not lengths or min(lengths) < 1:
-                raise LatencyArgumentError(f"--latency_lengths must be positive, got {value!r}")
-            options["lengths"] = sorted(set(lengths))
-        elif flag == "--latency_repeats":
-            options["repeats"] = _positive_int(flag, value)
-        elif flag == "--latency_k":
-            options["k"] = _positive_int(flag, value)
-        else:
-            rest.append(arg)
-    return options, rest
+def parse_args(argv):
+    """``(namespace, global_overrides, {model: overrides})``; exits with status 2 on bad flags."""
+    parser = argparse.ArgumentParser(prog="python -m recbole_semprune.benchmark.latency",
+                                     description=__doc__.split("\n")[0], allow_abbrev=False)
+    add_model_arguments(parser)
+    parser.add_argument("--latency_lengths", type=_lengths, default=[50, 200, 500, 1000, 2000],
+                        help="the history lengths (default 50,200,500,1000,2000)")
+    parser.add_argument("--latency_repeats", type=positive_int, default=3,
+                        help="timed requests per length of a full-history model (after one warm-up)")
+    parser.add_argument("--latency_k", type=positive_int, default=10, help="items per recommendation")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder (default: bench_out/<dataset>-latency-<timestamp>)")
+    args, extra = parser.parse_known_args(argv)
+    parse_models(parser, args)
+    return (args, *parse_overrides(parser, extra, args.models))
 
 
 # ---- measuring one model ---------------------------------------------------------------------
@@ -217,7 +181,7 @@ def _measure_model(spec, options):
     import torch
     from recbole.utils import init_seed
 
-    from recbole_semprune.benchmark.worker import build_config
+    from recbole_semprune.benchmark.common import build_config
     from recbole_semprune.utils import create_dataset, get_model
 
     config = build_config(spec)
@@ -257,42 +221,11 @@ def _measure_model(spec, options):
     return rows, {"device": str(device), "torch_threads": torch.get_num_threads()}
 
 
-# ---- tables and plot ---------------------------------------------------------------------------
-def add_ratios(rows, baseline):
-    """``latency_ratio`` / ``state_ratio``: each row over the baseline model's at that length."""
-    base = {r["history_length"]: r for r in rows if r["model"] == baseline}
-    for row in rows:
-        ref = base.get(row["history_length"])
-        row["latency_ratio"] = row["latency_ms"] / ref["latency_ms"] if ref else None
-        row["state_ratio"] = row["state_bytes"] / ref["state_bytes"] if ref else None
-    return rows
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-
-
-def _cell(column, value):
-    if value is None:
-        return "—"
-    if column.endswith("_ratio"):
-        return f"{value:.2g}x" if value < 0.1 else f"{value:.2f}x"
-    if column.endswith("_ms"):
-        return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
+# ---- tables, plot and command --------------------------------------------------------------
 def markdown(meta, rows):
     """The latency section: its command and settings, then one line per model and length."""
-    lines = [
-        "## Latency and state per user",
-        "",
+    return "\n".join([
+        "## Latency and state per user", "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}; device: {meta['device']}; torch threads: {meta['threads']}",
         f"- history lengths: {', '.join(map(str, meta['lengths']))} (synthetic histories, one "
@@ -303,130 +236,85 @@ def markdown(meta, rows):
         f"{meta['repeats']} `full_sort_predict` calls over the whole `n`-item history (after one "
         "warm-up)",
         "- state: Rec2PM's state as stored (memory + tail and pending item ids + counters); a "
-        "full-history SID model's KV cache of the history (all layers, keys and values)",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| "
-        + " | ".join("---" if c in ("model", "state_kind") else "---:" for c in COLUMNS)
-        + " |",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+        "full-history SID model's KV cache of the history (all layers, keys and values)", "",
+        report.markdown_table(COLUMNS, rows)]) + "\n"
 
 
 def write_plot(path, rows, title=None):
     """Latency and state bytes against history length, one line per model (log-log).
-
-    Returns True when written, False (with a log line) without matplotlib.
-    """
+    Returns True when written, False (with a log line) without matplotlib."""
     if not rows or (plt := report.pyplot(path)) is None:
         return False
-    models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax, label in (
-        ("latency_ms", axes[0], "next-item latency per user (ms)"),
-        ("state_bytes", axes[1], "state per user (bytes)"),
-    ):
-        for model in models:
+    for key, ax, label in (("latency_ms", axes[0], "next-item latency per user (ms)"),
+                           ("state_bytes", axes[1], "state per user (bytes)")):
+        for model in dict.fromkeys(r["model"] for r in rows):
             mine = [r for r in rows if r["model"] == model]
-            ax.plot([r["history_length"] for r in mine], [r[key] for r in mine], marker="o",
-                    label=model)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("history length (items)")
-        ax.set_title(label)
+            ax.plot([r["history_length"] for r in mine], [r[key] for r in mine], marker="o", label=model)
+        ax.set(xscale="log", yscale="log", xlabel="history length (items)", title=label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    if title:
-        fig.suptitle(title)
-    report.save_figure(plt, fig, path)
+    report.save_figure(plt, fig, path, title)
     return True
 
 
-# ---- command -----------------------------------------------------------------------------------
 def run_latency(argv):
-    """Run the latency mode described by ``argv``; returns ``(status, output_dir, rows)``.
-
-    With ``--epochs`` / ``--max_steps`` the accuracy benchmark runs first (same output folder).
-    Raises :class:`~recbole_semprune.benchmark.cli.BenchmarkError` or ``SystemExit(2)`` on a
-    bad setup, before anything runs.
-    """
-    import shlex
-
+    """Measure the models of ``argv``; returns ``(output_dir, rows)``. Raises
+    :class:`BenchmarkError` or ``SystemExit(2)`` on a bad setup, before anything runs."""
     import torch
 
-    from recbole_semprune.benchmark import cli
-
-    options, rest = split_argv(argv)
-    trains = any(arg.split("=", 1)[0] in ("--epochs", "--max_steps") for arg in rest)
-    if trains:
-        status, output, _ = cli.run_benchmark(rest)
-        args, global_overrides, model_overrides = cli.parse_args(rest)
-    else:
-        # the benchmark's own parser checks every flag; the budget it asks for is not used
-        args, global_overrides, model_overrides = cli.parse_args(rest + ["--max_steps=1"])
-        status = 0
-        now = datetime.datetime.now()
-        output = args.output or os.path.join(
-            "bench_out", f"{args.dataset}-latency-{now:%Y%m%d-%H%M%S}"
-        )
-    specs = [
-        cli.model_spec(args, m, global_overrides, model_overrides, os.path.join(output, m))
-        for m in args.models
-    ]
-    if not trains:
-        cli.preflight(args, specs)
+    args, global_overrides, model_overrides = parse_args(argv)
+    now = datetime.datetime.now()
+    output = args.output or os.path.join("bench_out", f"{args.dataset}-latency-{now:%Y%m%d-%H%M%S}")
+    shared = {**global_overrides, **({"data_path": args.data_path} if args.data_path else {})}
+    specs = [{"model": m, "model_class": args.model_classes[m], "dataset": args.dataset,
+              "config_files": [os.path.abspath(f) for f in args.config_files],
+              "config_dict": {**shared, **model_overrides[m]}} for m in args.models]
+    preflight(args, specs)
+    options = {"lengths": args.latency_lengths, "repeats": args.latency_repeats, "k": args.latency_k}
     os.makedirs(output, exist_ok=True)
-    rows, device, threads = [], None, None
+    rows, info = [], {}
     for index, spec in enumerate(specs, 1):
         logger.info("latency [%d/%d] %s", index, len(specs), spec["model"])
         model_rows, info = measure_model(spec, options, args.threads)
         rows += model_rows
-        device, threads = info["device"], info["torch_threads"]
-    add_ratios(rows, args.baseline)
-    meta = {
-        "command": shlex.join(["python", "-m", "recbole_semprune.benchmark", *argv]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "dataset": args.dataset,
-        "models": args.models,
-        "baseline": args.baseline,
-        "lengths": options["lengths"],
-        "repeats": options["repeats"],
-        "k": options["k"],
-        "device": device,
-        "threads": threads,
-        "torch_version": torch.__version__,
-    }
+    report.add_ratios(rows, lambda row: row["model"] == args.baseline, key=lambda row: row["history_length"])
+    meta = {"command": shlex.join(["python", "-m", "recbole_semprune.benchmark.latency", *argv]),
+            "date": now.isoformat(timespec="seconds"), "dataset": args.dataset,
+            "models": args.models, "baseline": args.baseline, **options,
+            "device": info.get("device"), "threads": info.get("torch_threads"),
+            "torch_version": torch.__version__}
     with open(os.path.join(output, "latency.json"), "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    write_csv(os.path.join(output, "latency.csv"), rows)
+    report.write_csv(os.path.join(output, "latency.csv"), COLUMNS, rows)
     section = markdown(meta, rows)
     with open(os.path.join(output, "latency.md"), "w", encoding="utf-8") as f:
         f.write(section)
-    if trains:
+    if os.path.exists(os.path.join(output, "results.md")):  # a benchmark's folder: one report
         with open(os.path.join(output, "results.md"), "a", encoding="utf-8") as f:
             f.write("\n" + section)
     title = f"{args.dataset}: latency and state vs history length"
     if write_plot(os.path.join(output, "latency.png"), rows, title=title):
         logger.info("plot: %s", os.path.join(output, "latency.png"))
     logger.info("latency: %s", os.path.abspath(output))
-    return status, output, rows
+    return output, rows
 
 
-def main(argv):
-    """Entry point of the latency mode (from :func:`recbole_semprune.benchmark.main`)."""
-    from recbole_semprune.benchmark import cli
-
+def main(argv=None):
+    """``python -m recbole_semprune.benchmark.latency``; returns the exit status (2: usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        with cli._cli_logging():
-            status, output, _ = run_latency(argv)
-    except (cli.BenchmarkError, LatencyArgumentError) as error:
-        print(f"{cli.build_parser().prog}: error: {error}", file=sys.stderr)
+        with cli_logging():
+            output, _ = run_latency(argv)
+    except BenchmarkError as error:
+        print(f"python -m recbole_semprune.benchmark.latency: error: {error}", file=sys.stderr)
         return 2
-    trains = any(arg.split("=", 1)[0] in ("--epochs", "--max_steps") for arg in argv)
-    name = "results.md" if trains else "latency.md"
-    with open(os.path.join(output, name), encoding="utf-8") as f:
+    except SystemExit as exit_:  # argparse's usage error
+        return exit_.code
+    with open(os.path.join(output, "latency.md"), encoding="utf-8") as f:
         sys.stdout.write(f.read())
-    sys.stdout.flush()
-    return status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,308 +1,251 @@
-"""Benchmark tables: ``results.csv``, ``results.md``, ``results.json`` and the optional PNG."""
+"""The benchmark's tables and plots. Every column is declared once, in :data:`COLUMNS`."""
 
 import csv
 import json
 import logging
 import math
 import os
+from collections import namedtuple
 
 logger = logging.getLogger("recbole_semprune.benchmark")
 
-# Cost columns, in table order; the metrics (RecBole's names) come after them.
-COST_COLUMNS = [
-    "model",
-    "train_steps",
-    "train_seconds_per_step",
-    "train_seconds_per_epoch",
-    "epoch_time_source",
-    "tokens_per_second",
-    "padding_share",
-    "model_gflops_per_second",
-    "matmul_gflops_per_second",
-    "utilisation",
-    "kept_fraction",
-    "peak_memory_mb",
-    "eval_seconds",
-    "eval_seconds_per_user",
-    "params",
-]
-# (ratio column, the column it divides by the baseline's)
-RATIO_COLUMNS = [
-    ("train_seconds_per_step_ratio", "train_seconds_per_step"),
-    ("train_cpu_seconds_per_step_ratio", "train_cpu_seconds_per_step"),
-    ("tokens_per_second_ratio", "tokens_per_second"),
-    ("peak_memory_ratio", "peak_memory_mb"),
-    ("eval_seconds_ratio", "eval_seconds"),
-]
-# Context columns, after the metrics and ratios (results.csv only).
-EXTRA_COLUMNS = [
-    "tokens_per_history",
-    "kept_tokens_per_history",
-    "train_cpu_seconds_per_step",
-    "steps_per_epoch",
-    "train_seconds",
-    "train_cpu_seconds",
-    "memory_before_train_mb",
-    "eval_users",
-    "eval_peak_memory_mb",
-    "build_seconds",
-    "status",
-    "error",
-]
-# The columns of results.md (and the table printed at the end), metrics go after them.
-MD_COLUMNS = [
-    "model",
-    "train_steps",
-    "train_seconds_per_step",
-    "train_seconds_per_step_ratio",
-    "train_cpu_seconds_per_step",
-    "train_cpu_seconds_per_step_ratio",
-    "train_seconds_per_epoch",
-    "epoch_time_source",
-    "tokens_per_second",
-    "tokens_per_second_ratio",
-    "padding_share",
-    "model_gflops_per_second",
-    "matmul_gflops_per_second",
-    "utilisation",
-    "kept_fraction",
-    "peak_memory_mb",
-    "peak_memory_ratio",
-    "eval_seconds",
-    "eval_seconds_per_user",
-    "eval_seconds_ratio",
-    "params",
-]
+# kind: "cost" (results.md and the head of results.csv), "md" (results.md, tail of results.csv),
+# "extra" (tail of results.csv), "ratio" (results.md and .csv), "latency" (latency.csv/.md),
+# "results" (results mode); fmt: how a markdown table writes a value; of: a ratio's figure
+# (this row's / the baseline's); head: a table's header (default: the name).
+Column = namedtuple("Column", "kind fmt text of head", defaults=(None, None))
+COLUMNS = {
+    "model": Column("cost", "text", "the model's name, or its LABEL of --models=LABEL=MODEL"),
+    "train_steps": Column("cost", "int", "optimisation steps taken"),
+    "train_seconds_per_step": Column("cost", "num", "training seconds / steps (data loading, "
+                                     "forward, backward, optimiser step; validation excluded)"),
+    "train_seconds_per_step_ratio": Column("ratio", "ratio", "", "train_seconds_per_step"),
+    "train_cpu_seconds_per_step": Column("md", "num", "the same steps in CPU seconds of the "
+                                         "model's process (all its threads): not inflated by "
+                                         "other processes; compare it at the same --threads"),
+    "train_cpu_seconds_per_step_ratio": Column("ratio", "ratio", "", "train_cpu_seconds_per_step"),
+    "train_seconds_per_epoch": Column("cost", "num", "--epochs: measured; --max_steps: "
+                                      "train_seconds_per_step x steps_per_epoch"),
+    "epoch_time_source": Column("cost", "text", "measured or extrapolated"),
+    "tokens_per_second": Column("cost", "0f", "input tokens per training second (items of the "
+                                "input sequences; SID models: items x code levels)"),
+    "tokens_per_second_ratio": Column("ratio", "ratio", "", "tokens_per_second"),
+    "padding_share": Column("cost", "pct", "share of the token slots computed that were padding"),
+    "model_gflops_per_second": Column("cost", "num", "the model's training FLOPs per training "
+                                      "second (CPU seconds on CPU, wall seconds on GPU)"),
+    "matmul_gflops_per_second": Column("cost", "num", "the machine's dense float32 matmul rate, "
+                                       "timed the same way"),
+    "utilisation": Column("cost", "pct", "model_gflops_per_second / matmul_gflops_per_second"),
+    "kept_fraction": Column("cost", "pct", "pruning models: share of the history tokens kept"),
+    "peak_memory_mb": Column("cost", "0f", "peak memory while training: CPU the process's RSS "
+                             "(dataset and interpreter included), GPU max allocated", head="peak MB"),
+    "peak_memory_ratio": Column("ratio", "ratio", "", "peak_memory_mb"),
+    "eval_seconds": Column("cost", "num", "wall seconds of the test evaluation"),
+    "eval_seconds_per_user": Column("cost", "num", "eval_seconds / eval_users"),
+    "eval_seconds_ratio": Column("ratio", "ratio", "", "eval_seconds"),
+    "params": Column("cost", "int", "model parameters"),
+    "tokens_per_history": Column("extra", "num", "pruning models: tokens per history"),
+    "kept_tokens_per_history": Column("extra", "num", "pruning models: kept tokens per history"),
+    "steps_per_epoch": Column("extra", "int", "length of the full train loader"),
+    "train_seconds": Column("extra", "num", "training seconds in all"),
+    "train_cpu_seconds": Column("extra", "num", "training CPU seconds in all"),
+    "memory_before_train_mb": Column("extra", "0f", "memory held when training starts"),
+    "eval_users": Column("extra", "int", "users evaluated"),
+    "eval_peak_memory_mb": Column("extra", "0f", "peak memory during evaluation"),
+    "build_seconds": Column("extra", "num", "dataset, split, model and trainer construction"),
+    "status": Column("extra", "text", "ok or failed"),
+    "error": Column("extra", "text", "why it failed"),
+    "history_length": Column("latency", "int", "items in the history"),
+    "latency_ms": Column("latency", "ms", "mean milliseconds per request"),
+    "latency_ratio": Column("latency", "ratio", "over the baseline's", "latency_ms"),
+    "latency_max_ms": Column("latency", "ms", "slowest request"),
+    "requests": Column("latency", "int", "timed requests"),
+    "state_bytes": Column("latency", "int", "bytes of the user's serving state"),
+    "state_ratio": Column("latency", "ratio", "over the baseline's", "state_bytes"),
+    "state_kind": Column("latency", "text", "what the state is"),
+    "best_epoch": Column("results", "1f", "the best validation epoch", head="best epoch"),
+    "seconds_to_best": Column("results", "0f", "training seconds to it", head="s to best"),
+    "seconds_per_epoch": Column("results", "0f", "training seconds per epoch", head="s/epoch"),
+}
+TEXT_COLUMNS = {name for name, column in COLUMNS.items() if column.fmt == "text"}
 
 
-def metric_names(rows):
-    """RecBole's metric keys (``recall@5``, ...) in the order RecBole reports them."""
-    names = []
-    for row in rows:
-        for key in row.get("test_result") or {}:
-            if key not in names:
-                names.append(key)
-    return names
+def columns(*kinds):
+    return [name for name, column in COLUMNS.items() if column.kind in kinds]
 
 
-def valid_metric_names(rows):
-    names = []
-    for row in rows:
-        for key in row.get("valid_result") or {}:
-            if f"valid_{key}" not in names:
-                names.append(f"valid_{key}")
-    return names
-
-
-def _ratio(value, base):
-    if not _finite(value) or not _finite(base) or base == 0:
-        return None
-    return value / base
-
-
-def _finite(value):
+def finite(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def flat_rows(rows, baseline):
-    """One flat dict per model: cost figures, ratios to ``baseline``, metrics, context.
+def cell(name, value):
+    """``value`` of column ``name`` as results.md (and latency.md) write it."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str) or not finite(value):
+        return str(value)
+    fmt = COLUMNS[name].fmt if name in COLUMNS else ("4f" if "@" in name else "num")
+    if fmt == "ratio":
+        return f"{value:.2g}x" if value < 0.1 else f"{value:.2f}x"
+    if fmt == "pct":
+        return f"{100 * value:.1f}%"
+    if fmt == "int":
+        return f"{int(value):,}"
+    if fmt == "0f" or (fmt in ("num", "ms") and value >= 100):
+        return f"{value:,.0f}" if fmt != "ms" else f"{value:,.1f}"
+    if fmt in ("4f", "1f"):
+        return f"{value:.{fmt[0]}f}"
+    return f"{value:.2f}" if value >= 1 or fmt == "ms" else f"{value:.4f}"
 
-    A model that failed after training keeps its training figures (and their ratios).
-    """
-    base = next((r for r in rows if r["model"] == baseline), {})
-    flat = []
+
+def add_ratios(rows, is_baseline, key=lambda row: None):
+    """Each ``*_ratio`` column of the rows' kinds: the row's figure / the baseline row's (the
+    one ``is_baseline`` and with the same ``key``); None where either is missing."""
+    bases = {key(row): row for row in rows if is_baseline(row)}
     for row in rows:
-        out = {key: row.get(key) for key in COST_COLUMNS + EXTRA_COLUMNS}
-        for ratio, column in RATIO_COLUMNS:
-            out[ratio] = _ratio(row.get(column), base.get(column))
-        out.update(row.get("test_result") or {})
-        out.update({f"valid_{k}": v for k, v in (row.get("valid_result") or {}).items()})
-        flat.append(out)
-    return flat
+        base = bases.get(key(row), {})
+        for name in [n for n, c in COLUMNS.items() if c.of in row]:
+            value, ref = row.get(COLUMNS[name].of), base.get(COLUMNS[name].of)
+            row[name] = value / ref if finite(value) and finite(ref) and ref != 0 else None
+    return rows
+
+
+def markdown_table(names, rows, cells=None):
+    """A GitHub markdown table of ``rows`` (dicts) over the columns ``names``."""
+    lines = ["| " + " | ".join(names) + " |",
+             "| " + " | ".join("---" if n in TEXT_COLUMNS else "---:" for n in names) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(cells(row) if cells else [cell(n, row.get(n)) for n in names]) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path, names, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: "" if row.get(k) is None else row[k] for k in names} for row in rows)
+
+
+# ---- the benchmark's results -----------------------------------------------------------------
+def metric_names(rows, key="test_result", prefix=""):
+    """RecBole's metric keys (``recall@5``, ...) in the order RecBole reports them."""
+    return list(dict.fromkeys(prefix + k for row in rows for k in row.get(key) or {}))
+
+
+def flat_rows(rows, baseline):
+    """One flat dict per model: its figures, ratios to ``baseline``, test and valid metrics.
+    A model that failed after training keeps its training figures (and their ratios)."""
+    flat = [{**{k: v for k, v in row.items() if not isinstance(v, (dict, list))},
+             **(row.get("test_result") or {}),
+             **{f"valid_{k}": v for k, v in (row.get("valid_result") or {}).items()}}
+            for row in rows]
+    return add_ratios(flat, lambda row: row["model"] == baseline)
 
 
 def csv_columns(rows):
-    return (
-        COST_COLUMNS
-        + metric_names(rows)
-        + valid_metric_names(rows)
-        + [ratio for ratio, _ in RATIO_COLUMNS]
-        + EXTRA_COLUMNS
-    )
+    return (columns("cost") + metric_names(rows) + metric_names(rows, "valid_result", "valid_")
+            + columns("ratio") + columns("md", "extra"))
 
 
-def write_csv(path, rows, baseline):
-    columns = csv_columns(rows)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in flat_rows(rows, baseline):
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+def md_columns(rows):
+    return columns("cost", "md", "ratio") + metric_names(rows) + metric_names(rows, "valid_result", "valid_")
 
 
-def _format(column, value):
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, str):
-        return value
-    if not _finite(value):
-        return str(value)
-    if column.endswith("_ratio"):
-        return f"{value:.2f}x"
-    if column in ("kept_fraction", "padding_share", "utilisation"):
-        return f"{100 * value:.1f}%"
-    if column in ("params", "train_steps", "eval_users", "steps_per_epoch"):
-        return f"{int(value):,}"
-    if column in ("tokens_per_second", "peak_memory_mb", "eval_peak_memory_mb"):
-        return f"{value:,.0f}"
-    if "@" in column:  # metrics
-        return f"{value:.4f}"
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.4f}"
+def results_table(rows, baseline):
+    """The results table (one line per model, failed models included)."""
+    names = md_columns(rows)
 
+    def cells(flat):
+        values = [cell(n, flat.get(n)) for n in names]
+        if flat.get("status") == "ok":
+            return values
+        if flat.get("train_steps"):  # failed after training: its training figures stand
+            return [f"{flat['model']} (**failed**)"] + values[1:]
+        return [flat["model"], "**failed**"] + ["—"] * (len(names) - 2)
 
-def markdown_table(rows, baseline):
-    """The results table in GitHub markdown (one line per model, failed models included)."""
-    columns = MD_COLUMNS + metric_names(rows) + valid_metric_names(rows)
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "| "
-        + " | ".join("---" if c in ("model", "epoch_time_source") else "---:" for c in columns)
-        + " |",
-    ]
-    for row, flat in zip(rows, flat_rows(rows, baseline)):
-        if row.get("status") == "ok":
-            cells = [_format(c, flat.get(c)) for c in columns]
-        elif row.get("train_steps"):  # failed after training: its training figures stand
-            cells = [f"{row['model']} (**failed**)"]
-            cells += [_format(c, flat.get(c)) for c in columns[1:]]
-        else:
-            cells = [row["model"], "**failed**"] + ["—"] * (len(columns) - 2)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(names, flat_rows(rows, baseline), cells)
 
 
 def _budget_line(meta):
     budget = meta["budget"]
     if budget["mode"] == "epochs":
-        return (
-            f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
-            "`train_seconds_per_epoch` measured"
-        )
-    return (
-        f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps per model "
-        "(the train loader restarts if an epoch is shorter); `train_seconds_per_epoch` "
-        "extrapolated as seconds/step x steps per epoch"
-    )
+        return (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
+                "`train_seconds_per_epoch` measured")
+    return (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps per model "
+            "(the trainer's `max_steps`: epochs go on until then, the last one cut short); "
+            "`train_seconds_per_epoch` extrapolated as seconds/step x steps per epoch")
 
 
 def _eval_line(meta, rows):
     ok = [r for r in rows if r.get("status") == "ok"]
     total = ok[0]["eval_users_total"] if ok else None
-    mask = meta.get("exclude_seen")
-    mask = "" if mask is None else f"; history mask `exclude_seen: {mask}` (every model)"
+    mask = "" if meta.get("exclude_seen") is None else \
+        f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
     if meta.get("eval_max_users"):
         used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
         of = f" of {total:,}" if total else ""
-        return (
-            f"test split, full ranking, the first {used:,}{of} users of the test loader "
-            f"(`--eval_max_users={meta['eval_max_users']}`; the same users for every model)"
-            + mask
-        )
+        return (f"test split, full ranking, the first {used:,}{of} users of the test loader "
+                f"(`--eval_max_users={meta['eval_max_users']}`; the same users for every model)" + mask)
     return "test split, full ranking, all " + (f"{total:,} " if total else "") + "test users" + mask
 
 
 def markdown_report(meta, rows):
-    """results.md: header (protocol, machine, command), the table, notes and failures."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    """results.md: header (protocol, machine, command), the table, column notes and failures."""
     ran = [r for r in rows if r.get("train_steps")]  # ok, or failed after training
     first = ran[0] if ran else {}
-    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran})
-    devices = devices or [meta.get("device", "?")]
+    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [meta.get("device", "?")]
     threads = sorted({r["torch_threads"] for r in ran})
     lines = [
-        f"# Benchmark: {meta['dataset']}",
-        "",
+        f"# Benchmark: {meta['dataset']}", "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- dataset: `{meta['dataset']}` (data_path `{meta['data_path']}`)",
         f"- budget: {_budget_line(meta)}",
         f"- evaluation: {_eval_line(meta, rows)}",
         f"- seed: {meta['seed']} (every model)",
-        f"- device: {', '.join(devices)}"
-        + (f"; torch threads: {', '.join(map(str, threads))}" if threads else ""),
+        f"- device: {', '.join(devices)}" + (f"; torch threads: {', '.join(map(str, threads))}" if threads else ""),
         f"- versions: torch {first.get('torch_version', meta.get('torch_version'))}, "
-        f"recbole {first.get('recbole_version', meta.get('recbole_version'))}, "
-        f"recbole_semprune {meta['recbole_semprune_version']}, "
-        f"python {first.get('python_version', meta.get('python_version'))}",
+        f"recbole {meta.get('recbole_version')}, recbole_semprune {meta['recbole_semprune_version']}, "
+        f"python {meta.get('python_version')}",
         f"- baseline of the `*_ratio` columns: {meta['baseline']}",
-        "- models run one after another, each in "
-        + (
-            "this process (`--in_process`: peak memory not isolated)"
-            if meta.get("in_process")
-            else "its own fresh process"
-        ),
+        "- models run one after another, each in " + ("this process (`--in_process`: peak memory "
+                                                       "not isolated)" if meta.get("in_process") else "its own fresh process"),
     ]
-    loads = [
-        f"{r['model']} {r['load_average'][0]} -> {r['load_average'][1]}"
-        for r in ran
-        if None not in (r.get("load_average") or [None])
-    ]
+    loads = [f"{r['model']} {r['load_average'][0]} -> {r['load_average'][1]}"
+             for r in ran if None not in (r.get("load_average") or [None])]
     if loads:
-        lines.append(
-            "- machine load (1-min load average at the start -> end of each model's training, "
-            f"{first.get('cpu_count')} CPUs; above the CPU count wall times are inflated): "
-            + ", ".join(loads)
-        )
+        lines.append("- machine load (1-min load average at the start -> end of each model's training, "
+                     f"{first.get('cpu_count')} CPUs; above the CPU count wall times are inflated): "
+                     + ", ".join(loads))
     if meta.get("config_files"):
         lines.append(f"- config files: {', '.join(f'`{f}`' for f in meta['config_files'])}")
-    if meta.get("global_overrides"):
-        lines.append(
-            "- overrides for every model: "
-            + ", ".join(f"`{k}={v}`" for k, v in meta["global_overrides"].items())
-        )
-    for model, overrides in (meta.get("model_overrides") or {}).items():
+    for who, overrides in [("every model", meta.get("global_overrides"))] + [
+            (f"{m} only", o) for m, o in (meta.get("model_overrides") or {}).items()]:
         if overrides:
-            lines.append(
-                f"- overrides for {model} only: "
-                + ", ".join(f"`{k}={v}`" for k, v in overrides.items())
-            )
-    lines += ["", markdown_table(rows, meta["baseline"]), "", "Notes:", ""]
-    lines += [
-        "- `train_seconds_per_step` = training time / steps, from the trainer's per-epoch "
-        "figures (data loading, forward, backward, optimiser step; no warm-up excluded, "
-        "validation excluded). `train_cpu_seconds_per_step`: the same steps in CPU time of "
-        "the model's process (all its threads), which other processes on the machine do not "
-        "inflate; compare it between models run with the same `--threads`.",
-        "- `peak_memory_mb`: on CPU the peak resident memory (RSS) of the model's process while "
-        "training, dataset and interpreter included; on GPU `torch.cuda.max_memory_allocated`.",
-        "- `tokens_per_second`: input tokens per training second (items of the input "
-        "sequences; semantic-ID models count items x code levels).",
-        "- `*_ratio`: this model's figure / the baseline's, from the same invocation. On a "
-        "shared CPU read ratios, not absolute times.",
-    ]
-    fingerprints = {r["eval_users_fingerprint"] for r in ok}
-    if len(fingerprints) > 1:
-        lines.append(
-            "- **warning**: the models were not evaluated on the same users "
-            "(their datasets order the test users differently)."
-        )
+            lines.append(f"- overrides for {who}: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
+    lines += ["", results_table(rows, meta["baseline"]), "", "Columns:", ""]
+    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in md_columns([]) if COLUMNS[n].text]
+    lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on a "
+                 "shared CPU read ratios, not absolute times.")
+    if len({r["eval_users_fingerprint"] for r in rows if r.get("status") == "ok"}) > 1:
+        lines.append("- **warning**: the models were not evaluated on the same users "
+                     "(their datasets order the test users differently).")
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
-        lines += ["", "Failures:", ""]
-        for row in failed:
-            lines.append(f"- {row['model']}: {row.get('error') or 'failed'}")
+        lines += ["", "Failures:", ""] + [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
-def plot_title(meta):
-    budget = meta["budget"]
-    return f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
+def write_tables(output, meta, rows):
+    """results.json, results.csv and results.md of the models run so far."""
+    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    write_csv(os.path.join(output, "results.csv"), csv_columns(rows), flat_rows(rows, meta["baseline"]))
+    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown_report(meta, rows))
 
 
+# ---- plots -------------------------------------------------------------------------------------
 def pyplot(path):
     """matplotlib's pyplot on the Agg backend, or None (with a log line naming ``path``, the
     plot skipped) without matplotlib."""
@@ -312,16 +255,16 @@ def pyplot(path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info(
-            "matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
-            os.path.basename(path),
-        )
+        logger.info("matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
+                    os.path.basename(path))
         return None
     return plt
 
 
-def save_figure(plt, fig, path):
-    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+def save_figure(plt, fig, path, title=None):
+    """Title, lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -330,102 +273,76 @@ def save_figure(plt, fig, path):
 def _accuracy_metric(ok):
     """The metric plots show: the validation metric when the results have it."""
     metric = ok[0].get("valid_metric")
-    if metric not in (ok[0].get("test_result") or {}):
-        metric = next(iter(ok[0].get("test_result") or {}), None)
-    return metric
+    return metric if metric in (ok[0].get("test_result") or {}) else next(iter(ok[0].get("test_result") or {}), None)
 
 
 def write_plot(path, rows, title=None):
-    """Bars of seconds/step, peak memory and the valid metric per model; needs matplotlib.
-
-    Returns True when the PNG was written, False (with a log line) without matplotlib.
-    """
+    """Bars of seconds/step, peak memory and the test metric per model; needs matplotlib.
+    Returns True when the PNG was written, False (with a log line) without matplotlib."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    if not ok:
-        return False
-    plt = pyplot(path)
-    if plt is None:
+    if not ok or (plt := pyplot(path)) is None:
         return False
     metric = _accuracy_metric(ok)
     panels = [("train_seconds_per_step", "train s/step"), ("peak_memory_mb", "peak memory (MB)")]
-    if metric:
-        panels.append((metric, f"test {metric}"))
-    names = [r["model"] for r in ok]
+    panels += [(metric, f"test {metric}")] if metric else []
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
-        values = [v if _finite(v) else 0.0 for v in values]
-        ax.bar(names, values, color="#4c72b0")
+        ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values], color="#4c72b0")
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=30)
-    if title:
-        fig.suptitle(title)
-    save_figure(plt, fig, path)
+    save_figure(plt, fig, path, title)
     return True
 
 
 def write_tradeoff_plot(path, rows, title=None):
     """Test accuracy against training seconds per epoch, one point per model (PNG)."""
     ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
-    if not ok:
-        return False
-    metric = _accuracy_metric(ok)
-    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric))
-              for r in ok]
-    points = [p for p in points if _finite(p[1]) and _finite(p[2])]
+    metric = _accuracy_metric(ok) if ok else None
+    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric)) for r in ok]
+    points = [p for p in points if finite(p[1]) and finite(p[2])]
     if not points or (plt := pyplot(path)) is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, seconds, value in points:
         ax.scatter([seconds], [value], s=45, zorder=3)
         ax.annotate(name, (seconds, value), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("training seconds per epoch")
-    ax.set_ylabel(f"test {metric}")
+    ax.set(xlabel="training seconds per epoch", ylabel=f"test {metric}")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=9)
-    save_figure(plt, fig, path)
+    save_figure(plt, fig, path, title)
     return True
-
-
-def curve_rows(rows):
-    """One dict per (model, validation): ``model, epoch, train_seconds`` and the metrics."""
-    return [
-        {"model": r["model"], "epoch": point["epoch"], "train_seconds": point["train_seconds"],
-         **point["result"]}
-        for r in rows for point in (r.get("valid_curve") or [])
-    ]
 
 
 def write_curves(csv_path, png_path, rows, title=None):
     """``curves.csv`` (every validation of every model) and the plot of the validation metric
     per epoch. Returns whether the PNG was written; writes nothing without validations."""
-    points = curve_rows(rows)
+    points = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"], **p["result"]}
+              for r in rows for p in (r.get("valid_curve") or [])]
     if not points:
         return False
-    columns = list(dict.fromkeys(k for p in points for k in p))
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(points)
+    write_csv(csv_path, list(dict.fromkeys(k for p in points for k in p)), points)
     metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
     if metric not in points[0] or (plt := pyplot(png_path)) is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for model in dict.fromkeys(p["model"] for p in points):
         mine = [p for p in points if p["model"] == model]
-        ax.plot([p["epoch"] + 1 for p in mine], [p[metric] for p in mine], marker="o",
-                label=model)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {metric}")
+        ax.plot([p["epoch"] + 1 for p in mine], [p[metric] for p in mine], marker="o", label=model)
+    ax.set(xlabel="epoch", ylabel=f"validation {metric}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=9)
-    save_figure(plt, fig, png_path)
+    save_figure(plt, fig, png_path, title)
     return True
 
 
-def write_json(path, meta, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+def write_plots(output, meta, rows):
+    """results.png, tradeoff.png, curves.csv / curves.png; logs the plots written."""
+    budget = meta["budget"]
+    title = f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
+    for name, written in (
+            ("results.png", write_plot(os.path.join(output, "results.png"), rows, title)),
+            ("tradeoff.png", write_tradeoff_plot(os.path.join(output, "tradeoff.png"), rows, title)),
+            ("curves.png", write_curves(os.path.join(output, "curves.csv"),
+                                        os.path.join(output, "curves.png"), rows, title))):
+        if written:
+            logger.info("plot: %s", os.path.join(output, name))

@@ -24,58 +24,39 @@ rewritten (``results.md``, ``results.csv``, ``results.json``, ``results.png``):
 
 import argparse
 import csv
-import json
 import math
 import os
-import re
 import subprocess
 import sys
 from collections import OrderedDict
 
+from recbole_semprune.benchmark import report
+from recbole_semprune.benchmark.common import (
+    add_model_arguments, parse_models, parse_overrides, read_json, write_json,
+)
+
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 MASKS = ("off", "on")
+FIGURES = ("epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb")
+SHOWN = FIGURES[1:]  # in results.md, headed and written as report.COLUMNS says
 RESULT_FILE, POSITIONS_FILE, SPEC_FILE = "result.json", "positions.csv", "spec.json"
-_OVERRIDE = re.compile(r"^--(?:([A-Za-z_][\w-]*)\.)?([A-Za-z_]\w*)=(.*)$")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m recbole_semprune.benchmark.results",
                                      description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--models", required=True, help="MODEL or LABEL=MODEL, comma-separated")
-    parser.add_argument("--seeds", default="2020,2021,2022", help="seeds of every model")
-    parser.add_argument("--baseline", default=None, help="model of the paired comparisons")
+    add_model_arguments(parser)
+    parser.add_argument("--seeds", default="2020,2021,2022", help="seeds of every model (--MODEL.seeds: of one)")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of each run")
     parser.add_argument("--only", default=None, help="run only these models (the tables keep all)")
     args, extra = parser.parse_known_args(argv)
-    args.model_classes = OrderedDict()
-    for entry in filter(None, (m.strip() for m in args.models.split(","))):
-        label, _, model = entry.rpartition("=")
-        args.model_classes[label or model] = model
-    labels = list(args.model_classes)
-    args.baseline = args.baseline or labels[0]
-    if args.baseline not in labels:
-        parser.error(f"--baseline={args.baseline} is not one of --models ({', '.join(labels)})")
-    overrides = {label: OrderedDict() for label in labels}
-    shared, seeds = OrderedDict(), {label: args.seeds for label in labels}
-    for arg in extra:
-        match = _OVERRIDE.match(arg)
-        if not match or (match.group(1) and match.group(1) not in overrides):
-            parser.error(f"unrecognized argument {arg!r}: write --key=value or --MODEL.key=value "
-                         f"with MODEL one of {', '.join(labels)}")
-        label, key, value = match.groups()
-        if key == "seed":
-            parser.error("seeds are set with --seeds (or --MODEL.seeds)")
-        if key == "seeds":
-            for target in [label] if label else labels:
-                seeds[target] = value
-        else:
-            (overrides[label] if label else shared)[key] = value
+    labels = parse_models(parser, args).models
+    shared, overrides = parse_overrides(parser, extra, labels,
+                                        {"seed": "seeds are set with --seeds or --MODEL.seeds"})
+    seeds = {label: overrides[label].pop("seeds", shared.get("seeds", args.seeds)) for label in labels}
+    shared.pop("seeds", None)
     try:
-        args.seeds = {label: [int(s) for s in value.split(",") if s.strip()]
-                      for label, value in seeds.items()}
+        args.seeds = {label: [int(s) for s in value.split(",") if s.strip()] for label, value in seeds.items()}
     except ValueError:
         parser.error("seeds are integers separated by commas, e.g. --seeds=2020,2021,2022")
     args.only = labels if args.only is None else [m.strip() for m in args.only.split(",")]
@@ -91,22 +72,9 @@ def run_spec(args, label, seed, shared, overrides):
     config_dict.update(overrides[label])
     if args.data_path is not None:
         config_dict["data_path"] = os.path.abspath(args.data_path)
+    files = {"config_files": [os.path.abspath(f) for f in args.config_files]} if args.config_files else {}
     return {"model": label, "model_class": args.model_classes[label], "dataset": args.dataset,
-            "seed": seed, "config": dict(config_dict)}
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path, data):
-    from recbole_semprune.benchmark.worker import write_json
-
-    write_json(path, data)
+            "seed": seed, "config": dict(config_dict), **files}
 
 
 def run_one(spec, folder, threads=None):
@@ -126,7 +94,8 @@ def run_one(spec, folder, threads=None):
     config_dict = {**_typed(spec["config"]), "seed": spec["seed"], "checkpoint_dir": saved,
                    "resume": resume, "show_progress": False}
     sys.argv = [sys.argv[0]]  # RecBole's Config reads the command line
-    result = run_recbole_semprune(spec["model_class"], spec["dataset"], config_dict=config_dict)
+    result = run_recbole_semprune(spec["model_class"], spec["dataset"], spec.get("config_files"),
+                                  config_dict)
     config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
     kmax = max(topk_list(config))
     columns = {}
@@ -142,7 +111,7 @@ def run_one(spec, folder, threads=None):
         f.writelines(f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\n" for u in users)
     os.replace(POSITIONS_FILE + ".tmp", POSITIONS_FILE)
     stats = {key: result[key] for key in ("epoch_stats", "valid_stats") if key in result}
-    _write_json(RESULT_FILE, {
+    write_json(RESULT_FILE, {
         "spec": spec,
         "test_result": {k: float(v) for k, v in result["test_result"].items()},
         "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
@@ -221,7 +190,7 @@ def collect(output, labels):
         runs[label] = OrderedDict()
         folder = os.path.join(output, label)
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            result = _read_json(os.path.join(folder, name, RESULT_FILE))
+            result = read_json(os.path.join(folder, name, RESULT_FILE))
             positions = os.path.join(folder, name, POSITIONS_FILE)
             if result is not None and os.path.isfile(positions):
                 runs[label][result["spec"]["seed"]] = (result, *read_positions(positions))
@@ -233,8 +202,7 @@ def model_rows(runs):
     for label, seeds in runs.items():
         figures = [summarise(result, positions) for result, _, positions in seeds.values()]
         row = {"model": label, "seeds": len(figures)}
-        for key in [f"{m}_mask_{mask}" for mask in MASKS for m in METRICS] + [
-                "epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb"]:
+        for key in [f"{m}_mask_{mask}" for mask in MASKS for m in METRICS] + list(FIGURES):
             row[key], row[key + "_se"] = mean_se([f[key] for f in figures])
         rows.append(row)
     return rows
@@ -284,14 +252,11 @@ def write_tables(output, args, shared, overrides):
         title = "history mask off (the protocol)" if mask == "off" else \
             "history mask on (exclude_seen: no history item ranked)"
         lines += [f"## Test, {title}", "",
-                  "| model | seeds | " + " | ".join(METRICS) + " | best epoch | s to best | s/epoch | peak MB |",
-                  "| --- | ---: |" + " ---: |" * (len(METRICS) + 4)]
+                  "| model | seeds | " + " | ".join(METRICS + tuple(report.COLUMNS[f].head for f in SHOWN)) + " |",
+                  "| --- | ---: |" + " ---: |" * (len(METRICS) + len(SHOWN))]
         for row in rows:
             cells = [_cell(row[f"{m}_mask_{mask}"], row[f"{m}_mask_{mask}_se"]) for m in METRICS]
-            cells += [_cell(row["best_epoch"], row["best_epoch_se"], 1),
-                      _cell(row["seconds_to_best"], row["seconds_to_best_se"], 0),
-                      _cell(row["seconds_per_epoch"], row["seconds_per_epoch_se"], 0),
-                      _cell(row["peak_memory_mb"], row["peak_memory_mb_se"], 0)]
+            cells += [_cell(row[f], row[f + "_se"], int(report.COLUMNS[f].fmt[0])) for f in SHOWN]
             lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"## Paired per-user differences against {args.baseline}", "",
@@ -311,17 +276,15 @@ def write_tables(output, args, shared, overrides):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    _write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
+    write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
     plot(output, rows)
     return rows, paired
 
 
 def plot(output, rows):
-    from recbole_semprune.benchmark.report import pyplot, save_figure
-
     path = os.path.join(output, "results.png")
     rows = [r for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
-    plt = pyplot(path) if rows else None
+    plt = report.pyplot(path) if rows else None
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -333,13 +296,13 @@ def plot(output, rows):
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("training hours to the best validation epoch")
     ax.set_ylabel("test NDCG@10 (mask off)")
-    save_figure(plt, fig, path)
+    report.save_figure(plt, fig, path)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--run"]:  # one run, in its own process (see run_one)
-        spec = _read_json(argv[1])
+        spec = read_json(argv[1])
         run_one(spec, os.path.dirname(os.path.abspath(argv[1])), int(argv[2]) if argv[2:] else None)
         return 0
     args, shared, overrides = parse_args(argv)
@@ -354,11 +317,11 @@ def main(argv=None):
         folder = os.path.join(args.output, label, f"seed-{seed}")
         os.makedirs(folder, exist_ok=True)
         spec = run_spec(args, label, seed, shared, overrides)
-        done = _read_json(os.path.join(folder, RESULT_FILE))
+        done = read_json(os.path.join(folder, RESULT_FILE))
         if done is not None and done["spec"] == spec:
             print(f"[{label} seed {seed}] done", flush=True)
             continue
-        old = _read_json(os.path.join(folder, SPEC_FILE))
+        old = read_json(os.path.join(folder, SPEC_FILE))
         if old is not None and old != spec:  # other settings: start that run again
             for name in (RESULT_FILE, POSITIONS_FILE):
                 if os.path.exists(os.path.join(folder, name)):
@@ -367,7 +330,7 @@ def main(argv=None):
             for name in os.listdir(saved) if os.path.isdir(saved) else []:
                 if name.endswith("-last.pth"):
                     os.remove(os.path.join(saved, name))
-        _write_json(os.path.join(folder, SPEC_FILE), spec)
+        write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
         command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
                    os.path.join(os.path.abspath(folder), SPEC_FILE)]
