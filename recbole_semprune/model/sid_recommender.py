@@ -13,6 +13,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_semprune import validate
+from recbole_semprune.checkpoint import rename_legacy_keys
 from recbole_semprune.model.code_head import CodeHead
 from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
 from recbole_semprune.model.layers import init_weights
@@ -30,7 +31,8 @@ class SIDRecommender(SequentialRecommender):
     the output head (:class:`~.code_head.CodeHead`) scores the ``sum(level_sizes)`` codes and
     each prediction is a softmax over its level's codes only. Positions count items back from
     the target (1 = most recent history item, 0 = the target), so the same embedding always
-    marks "the last item".
+    marks "the last item". Checkpoints written before the recomposition load too: their
+    parameter names are renamed on loading (``checkpoint.LEGACY_PREFIXES``).
     """
 
     input_type = InputType.POINTWISE
@@ -65,6 +67,7 @@ class SIDRecommender(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
         self.embedding_dropout = nn.Dropout(self.hidden_dropout_prob)
         self.output = CodeHead(self.hidden_size, level_sizes)
+        self._register_load_state_dict_pre_hook(rename_legacy_keys)
 
     # ---- what the model needs from its data and settings (class level) ----------------
     @classmethod
