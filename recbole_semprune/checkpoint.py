@@ -40,6 +40,35 @@ RESUME_FREE_KEYS = frozenset({
 })
 
 
+# Parameter-name prefixes of checkpoints written before the models were recomposed (old ->
+# new): the backbones became components, MAP and Rec2PM's memory modules the model owns.
+# SIDRecommender renames them whenever a state dict is loaded (:func:`rename_legacy_keys`).
+LEGACY_PREFIXES = {
+    "encoder.": "backbone.encoder.",
+    "decoder.": "backbone.decoder.",
+    "map_heads.": "multistep.heads.",
+    "map_start": "multistep.start",
+    "query_embedding.": "backbone.query_embedding.",
+    "memory_slot_embedding.": "backbone.memory_slot_embedding.",
+    "memory_proj.": "backbone.memory_proj.",
+    "segment_embedding.": "backbone.segment_embedding.",
+    "initial_memory.": "backbone.initial_memory.",
+}
+
+
+def rename_legacy_keys(state_dict, prefix="", *_):
+    """Renames, in place, the keys of ``state_dict`` under ``prefix`` (a module's place in it)
+    that start with an old name of :data:`LEGACY_PREFIXES`; returns ``state_dict``. Its
+    signature is that of a ``load_state_dict`` pre-hook."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        name = key[len(prefix):]
+        for old, new in LEGACY_PREFIXES.items():
+            if name.startswith(old):
+                state_dict[prefix + new + name[len(old):]] = state_dict.pop(key)
+                break
+    return state_dict
+
+
 class ResumeError(SettingsError):
     """Nothing to resume, or a resume state that does not belong to this run."""
 

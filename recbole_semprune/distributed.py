@@ -31,6 +31,7 @@ import os
 import numpy as np
 import torch
 
+from recbole_semprune import validate
 from recbole_semprune.errors import SettingsError
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -57,11 +58,12 @@ def check_settings(nproc, world_size, offset, port):
         offset (int): global rank of this machine's first process.
         port: the master's TCP port.
     """
-    for name, value in (("nproc", nproc), ("world_size", world_size), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise DistributedSettingsError(f"{name} must be an integer, got {value!r}.")
-    if nproc < 1:
-        raise DistributedSettingsError(f"nproc={nproc}: at least one process per machine.")
+    try:
+        nproc = validate.integer("nproc", nproc, low=1, hint="(processes on this machine)")
+        world_size = validate.integer("world_size", world_size, hint="(-1: nproc)")
+        offset = validate.integer("offset", offset)
+    except ValueError as error:
+        raise DistributedSettingsError(str(error)) from None
     world = world_size_of(nproc, world_size)
     if world < nproc:
         raise DistributedSettingsError(

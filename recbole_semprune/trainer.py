@@ -63,7 +63,7 @@ class PeakMemory:
 def count_input_tokens(model, interaction):
     """Input tokens of a batch: a SID model's own count (items x levels), else items."""
     if isinstance(model, SIDRecommender):
-        return int(model.count_input_tokens(interaction))
+        return int(interaction[model.ITEM_SEQ_LEN].sum()) * model.n_levels
     length_field = getattr(model, "ITEM_SEQ_LEN", None)
     if length_field is not None and length_field in interaction:
         return int(interaction[length_field].sum())
@@ -74,7 +74,7 @@ def count_token_slots(model, interaction):
     """Token slots a model computes for a batch, padding included (SID models: their trimmed
     history width x levels per row); else its input tokens, i.e. no padding counted."""
     if isinstance(model, SIDRecommender):
-        return int(model.count_token_slots(interaction))
+        return model.history(interaction)[0].numel() * model.n_levels
     return count_input_tokens(model, interaction)
 
 

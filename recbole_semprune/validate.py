@@ -5,6 +5,8 @@ and the bounds, and returns the value as the type it must have; a bad value rais
 ValueError. ``hint`` is appended to the message (what the value means, how to switch off).
 """
 
+import numbers
+
 __all__ = ["integer", "number", "boolean", "choice"]
 
 
@@ -13,21 +15,21 @@ def _fail(key, value, need, hint):
 
 
 def integer(key, value, low=None, high=None, hint=""):
-    """``value`` as an int in ``[low, high]`` (a bool is not an int here)."""
-    inside = (low is None or value >= low) if isinstance(value, int) else False
-    inside = inside and (high is None or value <= high)
-    if isinstance(value, bool) or not isinstance(value, int) or not inside:
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        _fail(key, value, f"an int {bounds}", hint)
-    return value
+    """``value`` as an int in ``[low, high]`` (numpy ints too; a bool is not an int here)."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or (low is not None and value < low) or (high is not None and value > high):
+        bounds = {(False, False): "in [{}, {}]", (False, True): ">= {}",
+                  (True, False): "<= {1}", (True, True): ""}[low is None, high is None]
+        _fail(key, value, f"an int {bounds.format(low, high)}".rstrip(), hint)
+    return int(value)
 
 
-def number(key, value, low=None, hint=""):
-    """``value`` as a float ``>= low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        low is not None and not value >= low
-    ):
-        _fail(key, value, f"a number >= {low}", hint)
+def number(key, value, low=None, hint="", strict=False):
+    """``value`` as a float ``>= low`` (``> low`` when ``strict``)."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not real or (low is not None and not (value > low if strict else value >= low)):
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        _fail(key, value, "a number" + bound, hint)
     return float(value)
 
 

@@ -3,8 +3,9 @@
 ``tests/fixtures/fingerprints.pt`` holds, per model variant, the weights of a model trained one
 epoch on the tiny dataset and, with those weights, the loss of a fixed training batch (eval
 mode), the ``predict`` and ``full_sort_predict`` scores of a few test users and the test
-metrics. The test rebuilds each model from the tiny config, loads the recorded weights (through
-``RENAMED``, the map of parameter names a refactoring moved) and requires the same figures.
+metrics. The test rebuilds each model from the tiny config, loads the recorded weights (written
+before the recomposition: their names go through the package's map of moved parameters,
+``recbole_semprune.checkpoint.LEGACY_PREFIXES``) and requires the same figures.
 
 Record them again only for an intended change of results:
 ``python tests/test_fingerprints.py --record`` (from the repository root).
@@ -29,18 +30,6 @@ VARIANTS = {
     "STAMPSID": ("STAMPSID", {}),
     "STAMPSID-decoder_only": ("STAMPSID", {"backbone": "decoder_only"}),
     "Rec2PM": ("Rec2PM", {"segment_len": 3, "mem_tokens": 2}),
-}
-# old parameter name prefix -> new one (a refactoring that moves modules adds entries here)
-RENAMED = {
-    "encoder.": "backbone.encoder.",  # the backbones became components (model/backbones.py)
-    "decoder.": "backbone.decoder.",
-    "map_heads.": "multistep.heads.",  # MAP became a component (model/multistep.py)
-    "map_start": "multistep.start",
-    "query_embedding.": "backbone.query_embedding.",  # Rec2PM's memory (model/memory.py)
-    "memory_slot_embedding.": "backbone.memory_slot_embedding.",
-    "memory_proj.": "backbone.memory_proj.",
-    "segment_embedding.": "backbone.segment_embedding.",
-    "initial_memory.": "backbone.initial_memory.",
 }
 
 
@@ -70,16 +59,6 @@ def figures(config, model, train_data, test_data):
     return out
 
 
-def renamed(state_dict):
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in RENAMED.items():
-            if key.startswith(old):
-                key = new + key[len(old):]
-        out[key] = value
-    return out
-
-
 def record(folder):
     from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 
@@ -99,8 +78,9 @@ def record(folder):
 def test_recorded_weights_give_the_recorded_figures(variant, workdir):
     from recbole.utils import init_seed
 
-    from recbole_semprune.quick_start import build_model
+    from recbole_semprune.checkpoint import rename_legacy_keys
     from recbole_semprune.config import Config
+    from recbole_semprune.quick_start import build_model
     from recbole_semprune.quick_start import prepare_data
     from recbole_semprune.utils import create_dataset
 
@@ -110,15 +90,51 @@ def test_recorded_weights_give_the_recorded_figures(variant, workdir):
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, _, test_data = prepare_data(config, dataset)
-    state_dict = renamed(recorded["state_dict"])
+    state_dict = rename_legacy_keys(dict(recorded["state_dict"]))
     net = build_model(config, train_data._dataset, state_dict).to(config["device"])
     net.load_state_dict(state_dict)
-    got = figures(config, net, train_data, test_data)
+    assert_same_figures(figures(config, net, train_data, test_data), recorded)
+
+
+def assert_same_figures(got, recorded):
     for key in ("loss", "predict", "full_sort_predict"):
         torch.testing.assert_close(got[key], recorded[key], rtol=1e-5, atol=1e-5)
         ranked = got["full_sort_predict"].topk(10).indices
         assert torch.equal(ranked, recorded["full_sort_predict"].topk(10).indices)
     assert got["test_result"] == recorded["test_result"]
+
+
+@pytest.mark.parametrize("variant", ["STAMPSID", "Rec2PM"])
+def test_a_checkpoint_with_the_old_parameter_names_loads(variant, workdir):
+    """A checkpoint file written before the recomposition (the fixture's weights keep the old
+    names) loads, as it is, through load_data_and_model (as scripts/evaluate_checkpoint.py
+    does) and through RecBole's ``evaluate(load_best_model=True)``, with the recorded figures."""
+    from recbole.utils import init_seed
+
+    from recbole_semprune.checkpoint import LEGACY_PREFIXES
+    from recbole_semprune.config import Config
+    from recbole_semprune.quick_start import build_model, load_data_and_model, prepare_data
+    from recbole_semprune.utils import create_dataset, get_trainer
+
+    recorded = torch.load(FIXTURE, weights_only=False)[variant]
+    old = recorded["state_dict"]
+    assert any(key.startswith(tuple(LEGACY_PREFIXES)) for key in old)  # the names of then
+    model, config_dict = settings(variant, make_tiny_dataset(workdir / "data"), str(workdir / "saved"))
+    config = Config(model=model, dataset="tiny", config_dict=config_dict)
+    path = workdir / f"{variant}-old.pth"
+    torch.save({"config": config, "epoch": 0, "cur_step": 0, "best_valid_score": 0.0,
+                "state_dict": old, "other_parameter": None, "optimizer": {}}, path)
+
+    config, net, _, train_data, _, test_data = load_data_and_model(str(path))
+    assert not any(key.startswith(tuple(LEGACY_PREFIXES)) for key in net.state_dict())
+    assert_same_figures(figures(config, net, train_data, test_data), recorded)
+
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = prepare_data(config, create_dataset(config))
+    fresh = build_model(config, train_data._dataset, old).to(config["device"])  # new weights
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, fresh)
+    result = trainer.evaluate(test_data, load_best_model=True, model_file=str(path))
+    assert dict(result) == recorded["test_result"]
 
 
 if __name__ == "__main__":

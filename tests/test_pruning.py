@@ -11,6 +11,7 @@ import torch
 
 from conftest import BACKBONES, PRUNING_SMALL as SMALL, build_pruning_net as build, stepwise_log_probs
 from recbole_semprune.model import pruning
+from recbole_semprune.model.backbones import recency_positions
 from recbole_semprune.model.layers import MultiHeadAttention
 from recbole_semprune.model.pruning import (
     SCORERS,
@@ -261,7 +262,7 @@ def _compact_reference_tiger(net, seq, seq_len, target_tokens, keep_ratio):
     p = net.pruner.prune_layer
     rows = []
     for b in range(len(seq)):
-        x, mask = net.embed_items(seq[b : b + 1], net.recency_positions(seq[b : b + 1], seq_len[b : b + 1]))
+        x, mask = net.embed_items(seq[b : b + 1], recency_positions(seq[b : b + 1], seq_len[b : b + 1]))
         x = x[:, mask[0]]
         first = net.backbone.encoder(x, end=p, weights_layer=p - 1)
         score = first.attn[0].sum(dim=(0, 1)) * first.hidden[0].abs().sum(-1)

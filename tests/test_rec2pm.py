@@ -107,7 +107,7 @@ def looped_loss_terms(net, histories, targets):
             for i in range(t):
                 if tokens[h, i] != 0:
                     predictor = hidden[c - 1 + tail.shape[1] + i]
-                    log_prob_sum += net.token_log_probs(predictor, tokens[h, i])
+                    log_prob_sum += net.output.token_log_probs(predictor, tokens[h, i])
                     n_tokens += 1
             if h + 1 < k and tokens[h + 1, 0] != 0:
                 con_sum += (hidden[-c:] - references[h][0]).pow(2).mean()

@@ -445,10 +445,10 @@ def test_file_backend_errors(ml100k, tmp_path):
 
 def test_unknown_backend_and_quantizer(ml100k):
     config, _, train = ml100k
-    expected = r"Unknown sid_embedding 'bert'.*tfidf, sentence, file, collaborative"
+    expected = r"sid_embedding='bert' must be one of tfidf, sentence, file, collaborative"
     with pytest.raises(ValueError, match=expected):
         build_semantic_ids(with_settings(config, sid_embedding="bert"), train)
-    with pytest.raises(ValueError, match=r"Unknown sid_quantizer 'pq'.*rkmeans, rqvae"):
+    with pytest.raises(ValueError, match=r"sid_quantizer='pq' must be one of rkmeans, rqvae"):
         build_semantic_ids(with_settings(config, sid_quantizer="pq"), train)
 
 

@@ -45,7 +45,7 @@ def test_predict_is_sum_of_level_log_probs_and_matches_cached_decoding(model, ti
         hidden = net.target_hidden(seq, seq_len, net.item_tokens(items))
         codes = net.codes[items]
         manual = sum(
-            net.level_log_probs(hidden[:, level], level).gather(1, codes[:, level : level + 1]).squeeze(1)
+            net.output.level_log_probs(hidden[:, level], level).gather(1, codes[:, level : level + 1]).squeeze(1)
             for level in range(net.n_levels)
         )
         # the same log-probabilities, step by step through the KV-cached generation path

@@ -153,7 +153,7 @@ def test_tiger_auxiliary_steps_equal_separate_decoder_runs(tiny_data):
             x = net.backbone.teacher_forcing_input(net, tokens)  # BOS replaced by the step's start token
             x[:, 0] = net.multistep.start[step] + net.level_embedding.weight[0]
             hidden = net.backbone.decoder(x, causal=True, memory=memory, memory_padding_mask=mask).hidden
-            log_probs = net.token_log_probs(net.multistep.heads(hidden, step), tokens)
+            log_probs = net.output.token_log_probs(net.multistep.heads(hidden, step), tokens)
             real = future[:, step] != 0
             total -= log_probs[real].sum()
             count += int(real.sum()) * net.n_levels

@@ -59,6 +59,8 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
+from recbole_semprune import validate
+
 INTER_HEADER = ("user_id:token", "item_id:token", "timestamp:float")
 ITEM_HEADER = (
     "item_id:token",
@@ -565,8 +567,10 @@ def convert_amazon(
         raise ConversionError(f"invalid dataset name {name!r}: use a plain folder name")
     if kcore is None:
         kcore = DEFAULT_REVIEWS_KCORE if reviews is not None else DEFAULT_RATINGS_KCORE
-    if isinstance(kcore, bool) or not isinstance(kcore, int) or kcore < 0:
-        raise ConversionError(f"kcore must be a non-negative integer, got {kcore!r}")
+    try:
+        kcore = validate.integer("kcore", kcore, low=0, hint="(--kcore; 0 keeps every interaction)")
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
     inter_source = _check_input(
         reviews if reviews is not None else ratings,
         "reviews" if reviews is not None else "ratings",

@@ -24,6 +24,12 @@ from recbole_semprune import validate
 from recbole_semprune.model.layers import TransformerStack, reorder_beams, share_cache
 
 
+def recency_positions(item_seq, item_seq_len):
+    """Position of each history slot counted back from the target (1 = most recent)."""
+    slots = torch.arange(item_seq.shape[1], device=item_seq.device)
+    return (item_seq_len.unsqueeze(1) - slots).clamp(min=0)
+
+
 def build_backbone(name, model, config, pruner=None):
     """The backbone ``name`` (a value of the ``backbone`` key) for ``model``."""
     return {"tiger": EncoderDecoder, "decoder_only": DecoderOnly}[name](model, config, pruner)
@@ -42,7 +48,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, model, item_seq, item_seq_len):
         """Encoder memory ``[B, T, d]`` and its padding mask ``[B, T]`` (pruned: the kept
         tokens and the reduced mask)."""
-        positions = model.recency_positions(item_seq, item_seq_len)
+        positions = recency_positions(item_seq, item_seq_len)
         x, mask = model.embed_items(item_seq, positions)
         if not model.pruning:
             return self.encoder(x, padding_mask=mask).hidden, mask
@@ -78,7 +84,7 @@ class EncoderDecoder(nn.Module):
             else:
                 tokens = model.code_tokens(prefixes[:, -1:], level - 1)
             out = self.decoder(model.embed_target(tokens, level), causal=True, cache=state)
-            return model.level_log_probs(out.hidden[:, -1], level), out.cache
+            return model.output.level_log_probs(out.hidden[:, -1], level), out.cache
 
         return cache, step, reorder_beams
 
@@ -137,7 +143,7 @@ class DecoderOnly(nn.Module):
     def history_protection(self, model, item_seq, item_seq_len, mask):
         """History tokens ``[B, N*L]`` never pruned: those of the ``prune_protect_last`` most
         recent items, and always the last one (left-padded: the last column)."""
-        positions = self.left_pad(model.recency_positions(item_seq, item_seq_len), item_seq_len)
+        positions = self.left_pad(recency_positions(item_seq, item_seq_len), item_seq_len)
         protect = self.pruner.protected_tokens(positions, model.n_levels)
         protect = torch.zeros_like(mask) if protect is None else protect
         protect[:, -1] |= mask[:, -1]
@@ -178,9 +184,9 @@ class DecoderOnly(nn.Module):
         stream = self.stream_hidden(model, *model.history(interaction), target_tokens)
         if not self.dense_loss:
             hidden = stream.hidden[:, -model.n_levels :]
-            return -model.token_log_probs(hidden, target_tokens).mean(), stream
+            return -model.output.token_log_probs(hidden, target_tokens).mean(), stream
         next_tokens, valid = stream.tokens_ahead(1)
-        log_probs = model.token_log_probs(stream.hidden, next_tokens)
+        log_probs = model.output.token_log_probs(stream.hidden, next_tokens)
         return -(log_probs * valid).sum() / valid.sum(), stream
 
     def loss(self, model, interaction):
@@ -201,7 +207,7 @@ class DecoderOnly(nn.Module):
                     run = self.decoder(history, padding_mask=mask, causal=True, cache=cache)
                 masks = (mask, run.mask) if pruning else (mask, mask)
                 # one copy of the history cache per user, not per beam
-                return model.level_log_probs(run.hidden[:, -1], level), {
+                return model.output.level_log_probs(run.hidden[:, -1], level), {
                     "cache": share_cache(run.cache), "masks": masks}
             tokens = model.code_tokens(prefixes[:, -1:], level - 1)
             x = model.embed_target(tokens, level - 1, tokens.new_zeros(len(tokens)))
@@ -211,7 +217,7 @@ class DecoderOnly(nn.Module):
                 out = self.pruner.decode_step(self.decoder, x, *masks, cache=state["cache"])
             else:
                 out = self.decoder(x, padding_mask=masks[0], causal=True, cache=state["cache"])
-            return model.level_log_probs(out.hidden[:, -1], level), {
+            return model.output.level_log_probs(out.hidden[:, -1], level), {
                 "cache": out.cache, "masks": masks}
 
         return None, step, reorder_beams

@@ -3,14 +3,16 @@
 :class:`RecurrentMemory` is Rec2PM's backbone: one causal stack (``decoder``) that runs a
 recurrent step ``[M; tail; S; Q]`` (memory, re-read tail, segment tokens, C query tokens whose
 outputs are the next memory) and the global pass of training (:func:`global_attention_mask`),
-plus the memory's own embeddings. Like the backbones of :mod:`~.backbones`, it holds no token
-embedding: the model passes itself (``model``) to every call, and its settings
-(``segment_len``, ``mem_tokens``, ``tail_len``, ``memory_mode``) are read from the model.
-:func:`memory_settings` reads and checks those keys once; :class:`Rec2PMState` is what the
-model keeps per user between requests.
+plus the memory's own embeddings, and the serving of users' states (new, folded, recommended
+from). Like the backbones of :mod:`~.backbones`, it holds no token embedding and answers the
+same calls (``target_hidden``, ``generation_state``): the model passes itself (``model``) to
+every call, and its settings (``segment_len``, ``mem_tokens``, ``tail_len``, ``memory_mode``)
+are read from the model. :func:`memory_settings` reads and checks those keys once;
+:class:`Rec2PMState` is what the model keeps per user between requests.
 """
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -18,6 +20,7 @@ from recbole.utils import set_color
 from torch import nn
 
 from recbole_semprune import validate
+from recbole_semprune.model.generation import constrained_beam_search
 from recbole_semprune.model.layers import TransformerStack, reorder_beams, share_cache
 
 MEMORY_MODES = ("overwrite", "append")
@@ -140,6 +143,17 @@ class RecurrentMemory(nn.Module):
         self.segment_embedding = nn.Embedding(self.max_train_segments, d)
         self.initial_memory = nn.Embedding(c, d)
 
+    def training_stream(self, model, item_seq, item_seq_len, target):
+        """The stream ``[history; target]`` ``[B, k*segment_len]`` (right-padded, trimmed to
+        the longest in the batch) and its number of segments ``k``."""
+        longest = int(item_seq_len.max())
+        k = math.ceil((longest + 1) / model.segment_len)
+        stream = item_seq.new_zeros(item_seq.shape[0], k * model.segment_len)
+        width = min(longest, item_seq.shape[1])
+        stream[:, :width] = item_seq[:, :width]
+        stream.scatter_(1, item_seq_len.unsqueeze(1), target.unsqueeze(1))
+        return stream, k
+
     def embed_segments(self, model, items):
         """Items ``[B, n]`` laid out from a segment start -> (embeddings ``[B, n*L, d]``,
         padding mask ``[B, n*L]``); an item's position is ``tail_len`` + its place in its
@@ -177,6 +191,13 @@ class RecurrentMemory(nn.Module):
 
     def initial_state_memory(self, batch):
         return self.initial_memory.weight.unsqueeze(0).expand(batch, -1, -1)
+
+    def new_state(self, model, users, lengths=None):
+        """``Rec2PM.init_state``: the states of ``users`` (a number, or histories)."""
+        if isinstance(users, numbers.Integral) and not isinstance(users, bool):
+            return self.empty_state(model, int(users))
+        histories = as_items(users, model.n_items, model.codes.device, lengths)
+        return self.fold(model, self.empty_state(model, histories.shape[0]), histories)
 
     def empty_state(self, model, batch):
         """The :class:`Rec2PMState` of ``batch`` users with empty histories."""
@@ -223,8 +244,13 @@ class RecurrentMemory(nn.Module):
         ).hidden
         return hidden.view(batch, n_segments, t + c, d)[:, :, t:]
 
-    def fold(self, model, state, new_items):
+    def fold(self, model, state, new_items, lengths=None):
         """The states after each user's new items ``[B, n]`` (see ``Rec2PM.update``)."""
+        new_items = as_items(new_items, model.n_items, model.codes.device, lengths)
+        if new_items.shape[0] != state.memory.shape[0]:
+            raise ValueError(
+                f"{new_items.shape[0]} rows of new items for {state.memory.shape[0]} users"
+            )
         device, seg, c = new_items.device, model.segment_len, model.mem_tokens
         buffer = torch.cat([state.pending, new_items], dim=1)
         real = buffer != 0
@@ -269,7 +295,34 @@ class RecurrentMemory(nn.Module):
         last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
         return x, mask, last, 1 + model.tail_len + state.pending_len
 
-    def generation_state(self, model, state):
+    def target_hidden(self, model, item_seq, item_seq_len, target_tokens):
+        """Teacher forcing from each history's state: row ``l`` predicts level ``l``."""
+        x, mask, last, positions = self.context(model, model.init_state(item_seq, item_seq_len))
+        target = model.embed_target(target_tokens[:, :-1], 0, positions)
+        target_mask = torch.ones_like(target_tokens[:, :-1], dtype=torch.bool)
+        hidden = self.decoder(
+            torch.cat([x, target], dim=1), padding_mask=torch.cat([mask, target_mask], 1),
+            causal=True,
+        ).hidden
+        first = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, model.hidden_size))
+        return torch.cat([first, hidden[:, x.shape[1] :]], dim=1)
+
+    def generation_state(self, model, item_seq, item_seq_len):
+        """Beam search from each history, read into a state first."""
+        return self.generation_from_state(model, model.init_state(item_seq, item_seq_len))
+
+    def recommend(self, model, state, k, exclude=None):
+        """``Rec2PM.recommend``: the top ``k`` items of each state."""
+        init, step, reorder = self.generation_from_state(model, state)
+        if exclude is not None:
+            exclude = as_items(exclude, model.n_items, model.codes.device)
+        items, scores = constrained_beam_search(
+            step, init, state.memory.shape[0], max(k, model.beam_size), model.trie,
+            reorder_state=reorder, exclude=exclude,
+        )
+        return items[:, :k], scores[:, :k]
+
+    def generation_from_state(self, model, state):
         """``(init_state, step_fn, reorder_state)`` of beam search from users' states."""
         x, mask, last, positions = self.context(model, state)
 
@@ -290,7 +343,7 @@ class RecurrentMemory(nn.Module):
                 out = self.decoder(x, padding_mask=mask, causal=True, cache=beam_state["cache"])
                 hidden = out.hidden[:, -1]
             new_state = {"cache": out.cache, "mask": mask, "positions": beam_state["positions"]}
-            return model.level_log_probs(hidden, level), new_state
+            return model.output.level_log_probs(hidden, level), new_state
 
         return {"x": x, "mask": mask, "last": last, "positions": positions}, step, reorder_beams
 

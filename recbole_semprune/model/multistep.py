@@ -113,7 +113,7 @@ class MultiStep(nn.Module):
 
     def step_log_probs(self, model, hidden, next_tokens, step):
         """Log-probabilities of ``next_tokens`` ``step`` steps beyond the ordinary target."""
-        return model.token_log_probs(self.heads(hidden, step), next_tokens)
+        return model.output.token_log_probs(self.heads(hidden, step), next_tokens)
 
     def losses(self, model, interaction):
         """``(main loss, auxiliary loss or None)`` of a batch."""
@@ -141,7 +141,7 @@ class MultiStep(nn.Module):
         hidden = backbone.decoder(
             x.flatten(0, 1), causal=True, memory=memory, memory_padding_mask=memory_mask
         ).hidden.view(batch, rows, model.n_levels, -1)
-        main = -model.token_log_probs(hidden[:, 0], target_tokens).mean()
+        main = -model.output.token_log_probs(hidden[:, 0], target_tokens).mean()
         log_probs = torch.stack([
             self.step_log_probs(model, hidden[:, 1 + step], future_tokens[:, step], step)
             for step in range(self.steps)

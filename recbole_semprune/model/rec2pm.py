@@ -24,17 +24,13 @@ Training is parallel (self-referential teacher forcing, no loop over segments):
 3. ``loss = L_AR + con_weight * MSE(m_h^upd, m_h^ref)``.
 """
 
-import math
-import numbers
-
 import torch
 from recbole.utils import set_color
 
 from recbole_semprune.model.memory import (  # noqa: F401 (Rec2PMState, the mask: public here)
-    MEMORY_MODES, MemorySpread, Rec2PMState, RecurrentMemory, as_items, global_attention_mask,
+    MEMORY_MODES, MemorySpread, Rec2PMState, RecurrentMemory, global_attention_mask,
     memory_settings,
 )
-from recbole_semprune.model.generation import constrained_beam_search
 from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
@@ -118,7 +114,8 @@ class Rec2PM(SIDRecommender):
 
     def loss_terms(self, interaction):
         """``(L_AR, L_con)`` of a batch, by self-referential teacher forcing (module doc)."""
-        stream, k = self.training_stream(*self.history(interaction), interaction[self.POS_ITEM_ID])
+        stream, k = self.backbone.training_stream(self, *self.history(interaction),
+                                                  interaction[self.POS_ITEM_ID])
         batch, d, c, t = stream.shape[0], self.hidden_size, self.mem_tokens, self.segment_tokens
         raw, raw_mask = self.backbone.embed_segments(self, stream)  # [B, k*T, d]
         tokens = self.item_tokens(stream).view(batch * k, t)
@@ -145,7 +142,7 @@ class Rec2PM(SIDRecommender):
             predictors = torch.cat([first.unsqueeze(1), predictors[:, 1:]], dim=1)
         next_tokens = tokens[rows]
         valid = next_tokens != 0
-        log_probs = self.token_log_probs(predictors, next_tokens)
+        log_probs = self.output.token_log_probs(predictors, next_tokens)
         ar_loss = -(log_probs * valid).sum() / valid.sum()
 
         # consistency, on the memories that a later segment reads (segment h+1 not empty)
@@ -161,38 +158,14 @@ class Rec2PM(SIDRecommender):
         con_loss = (error * read_later).sum() / read_later.sum().clamp(min=1)
         return ar_loss, con_loss
 
-    def training_stream(self, item_seq, item_seq_len, target):
-        """The stream ``[history; target]`` ``[B, k*segment_len]`` (right-padded, trimmed to
-        the longest in the batch) and its number of segments ``k``."""
-        longest = int(item_seq_len.max())
-        k = math.ceil((longest + 1) / self.segment_len)
-        stream = item_seq.new_zeros(item_seq.shape[0], k * self.segment_len)
-        width = min(longest, item_seq.shape[1])
-        stream[:, :width] = item_seq[:, :width]
-        stream.scatter_(1, item_seq_len.unsqueeze(1), target.unsqueeze(1))
-        return stream, k
-
     def pop_epoch_stats(self):
         return self.spread.pop()
 
     def describe_epoch_stats(self, stats):
         return self.spread.describe(stats)
 
-    # ---- predict and full_sort_predict (RecBole evaluation) -----------------------------
-    def target_hidden(self, item_seq, item_seq_len, target_tokens):
-        state = self.init_state(item_seq, item_seq_len)
-        x, mask, last, positions = self.backbone.context(self, state)
-        target = self.embed_target(target_tokens[:, :-1], 0, positions)
-        target_mask = torch.ones_like(target_tokens[:, :-1], dtype=torch.bool)
-        hidden = self.backbone.decoder(
-            torch.cat([x, target], dim=1), padding_mask=torch.cat([mask, target_mask], 1),
-            causal=True,
-        ).hidden
-        first = hidden.gather(1, last.view(-1, 1, 1).expand(-1, 1, self.hidden_size))
-        return torch.cat([first, hidden[:, x.shape[1] :]], dim=1)
-
-    def generation_state(self, item_seq, item_seq_len):
-        return self.backbone.generation_state(self, self.init_state(item_seq, item_seq_len))
+    # predict and full_sort_predict are SIDRecommender's: the backbone reads each history as
+    # a state (init_state) and scores or generates from it
 
     # ---- serving: state, update, recommend ----------------------------------------------
     @torch.no_grad()
@@ -200,26 +173,14 @@ class Rec2PM(SIDRecommender):
         """States of new users: ``users`` is a number of users (empty histories), or their
         histories ``[B, N]`` (tensor or list of lists of item ids, oldest first, 0 = padding;
         ``lengths`` optional), which are read as :meth:`update` reads new items."""
-        device, histories = self.codes.device, None
-        if isinstance(users, numbers.Integral) and not isinstance(users, bool):
-            batch = int(users)
-        else:
-            histories = as_items(users, self.n_items, device, lengths)
-            batch = histories.shape[0]
-        state = self.backbone.empty_state(self, batch)
-        return state if histories is None else self.update(state, histories)
+        return self.backbone.new_state(self, users, lengths)
 
     @torch.no_grad()
     def update(self, state, new_items, lengths=None):
         """The states after each user's new items ``[B, n]`` (oldest first, 0 = padding; a
         user with nothing new gets a row of zeros). Every segment that fills up is folded into
         the memory by one recurrent step; the rest stays pending."""
-        new_items = as_items(new_items, self.n_items, self.codes.device, lengths)
-        if new_items.shape[0] != state.memory.shape[0]:
-            raise ValueError(
-                f"{new_items.shape[0]} rows of new items for {state.memory.shape[0]} users"
-            )
-        return self.backbone.fold(self, state, new_items)
+        return self.backbone.fold(self, state, new_items, lengths)
 
     @torch.no_grad()
     def recommend(self, state, k=10, exclude=None):
@@ -227,11 +188,4 @@ class Rec2PM(SIDRecommender):
         same trie-constrained beam search as evaluation (``max(k, beam_size)`` beams).
         ``exclude`` ``[B, n]`` (tensor or list of lists, 0 = padding): item ids a user must not
         get, e.g. those it has seen (the state does not keep them)."""
-        init, step, reorder = self.backbone.generation_state(self, state)
-        if exclude is not None:
-            exclude = as_items(exclude, self.n_items, self.codes.device)
-        items, scores = constrained_beam_search(
-            step, init, state.memory.shape[0], max(k, self.beam_size), self.trie,
-            reorder_state=reorder, exclude=exclude,
-        )
-        return items[:, :k], scores[:, :k]
+        return self.backbone.recommend(self, state, k, exclude)

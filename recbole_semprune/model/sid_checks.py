@@ -25,6 +25,14 @@ def check_beam_size(config):
     return beam_size
 
 
+def check_item_count(semantic_ids, n_items):
+    """Semantic IDs built for (or saved with) another item set raise ValueError."""
+    if semantic_ids.codes.shape[0] != n_items:
+        raise ValueError(
+            f"semantic IDs cover {semantic_ids.codes.shape[0]} items but the dataset has {n_items}"
+        )
+
+
 def check_sid_settings(config):
     """The ``sid_*`` keys, ``beam_size`` against ``topk`` and, for a text backend, that the
     ``sid_text_fields`` are loaded. Raises ValueError; returns warnings (item text in the

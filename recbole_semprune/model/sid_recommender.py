@@ -1,24 +1,25 @@
 """Base class of every semantic-ID (SID) generative recommender in this package.
 
 An item is a tuple of ``L`` codes (:mod:`recbole_semprune.sid`); a history of ``N`` items is a
-stream of ``N x L`` tokens; the model generates the next item's ``L`` codes. This class holds
-what all SID models share: the codes, the embeddings and output head, the loss, ``predict``
-(exact teacher-forced score) and ``full_sort_predict`` (trie-constrained beam search). The
-transformer is a backbone component (:mod:`~.backbones`) a subclass sets as ``self.backbone``.
-What a model needs from its data is declared here (:meth:`future_items`,
-:meth:`dense_stream_loss`, read by ``utils.create_dataset``), with defaults.
+stream of ``N x L`` tokens; the model generates the next item's ``L`` codes. The transformer is
+a backbone component (:mod:`~.backbones`) a subclass sets as ``self.backbone``. What a model
+needs from its data is declared here (:meth:`future_items`, :meth:`dense_stream_loss`, read by
+``utils.create_dataset``), with defaults.
 """
 
 import torch
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_semprune import validate
+from recbole_semprune.checkpoint import rename_legacy_keys
+from recbole_semprune.model.code_head import CodeHead
 from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
 from recbole_semprune.model.layers import init_weights
-from recbole_semprune.model.sid_checks import check_beam_size, check_sid_settings, fit_codebook
+from recbole_semprune.model.sid_checks import (
+    check_beam_size, check_item_count, check_sid_settings, fit_codebook,
+)
 from recbole_semprune.sid import SemanticIDs, build_semantic_ids
 
 
@@ -27,9 +28,11 @@ class SIDRecommender(SequentialRecommender):
 
     Vocabulary: token 0 is padding; the code ``c`` of level ``l`` is token
     ``1 + offset[l] + c`` (one vocabulary, per-level offsets); token ``n_codes + 1`` is BOS;
-    the output head scores the ``sum(level_sizes)`` codes and each prediction is a softmax over
-    its level's codes only. Positions count items back from the target (1 = most recent
-    history item, 0 = the target), so the same embedding always marks "the last item".
+    the output head (:class:`~.code_head.CodeHead`) scores the ``sum(level_sizes)`` codes and
+    each prediction is a softmax over its level's codes only. Positions count items back from
+    the target (1 = most recent history item, 0 = the target), so the same embedding always
+    marks "the last item". Checkpoints written before the recomposition load too: their
+    parameter names are renamed on loading (``checkpoint.LEGACY_PREFIXES``).
     """
 
     input_type = InputType.POINTWISE
@@ -39,20 +42,13 @@ class SIDRecommender(SequentialRecommender):
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset)
         sids = semantic_ids if semantic_ids is not None else build_semantic_ids(config, dataset)
-        if sids.codes.shape[0] != self.n_items:
-            raise ValueError(
-                f"semantic IDs cover {sids.codes.shape[0]} items but the dataset has {self.n_items}"
-            )
+        check_item_count(sids, self.n_items)
         level_sizes = [int(size) for size in sids.level_sizes]
         self.n_levels, self.n_codes = len(level_sizes), sum(level_sizes)
         self.register_buffer("codes", sids.codes.long().clone())
         self.register_buffer("level_sizes", torch.tensor(level_sizes))
         offsets = torch.tensor([0] + level_sizes[:-1]).cumsum(0)
         self.register_buffer("level_offsets", offsets, persistent=False)
-        self.register_buffer(
-            "code_level", torch.repeat_interleave(torch.arange(self.n_levels), self.level_sizes),
-            persistent=False,
-        )
         self.trie = PrefixTrie(self.codes, level_sizes)
 
         # sizes, named as RecBole's SASRec names them
@@ -70,7 +66,8 @@ class SIDRecommender(SequentialRecommender):
         self.level_embedding = nn.Embedding(self.n_levels, self.hidden_size)
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
         self.embedding_dropout = nn.Dropout(self.hidden_dropout_prob)
-        self.output = nn.Linear(self.hidden_size, self.n_codes, bias=False)
+        self.output = CodeHead(self.hidden_size, level_sizes)
+        self._register_load_state_dict_pre_hook(rename_legacy_keys)
 
     # ---- what the model needs from its data and settings (class level) ----------------
     @classmethod
@@ -128,14 +125,6 @@ class SIDRecommender(SequentialRecommender):
             item_seq = item_seq[:, : max(int(item_seq_len.max()), 1)]
         return item_seq, item_seq_len
 
-    def count_input_tokens(self, interaction):
-        """Input SID tokens of a batch (history items x levels), for throughput logs."""
-        return interaction[self.ITEM_SEQ_LEN].sum() * self.n_levels
-
-    def count_token_slots(self, interaction):
-        """History token slots the model computes for a batch, padding included."""
-        return self.history(interaction)[0].numel() * self.n_levels
-
     def embed_items(self, items, positions):
         """Items ``[B, N]`` at item positions ``[B, N]`` -> (embeddings ``[B, N*L, d]``,
         padding mask ``[B, N*L]``): token + level + position embeddings, then dropout."""
@@ -155,27 +144,7 @@ class SIDRecommender(SequentialRecommender):
             x = x + self.position_embedding(positions).unsqueeze(1)
         return self.embedding_dropout(x)
 
-    def recency_positions(self, item_seq, item_seq_len):
-        """Position of each history slot counted back from the target (1 = most recent)."""
-        slots = torch.arange(item_seq.shape[1], device=item_seq.device)
-        return (item_seq_len.unsqueeze(1) - slots).clamp(min=0)
-
     # ---- scoring ------------------------------------------------------------------------
-    def level_log_probs(self, hidden, level):
-        """Log-probabilities ``[..., level_sizes[level]]`` of the codes of one level."""
-        start = int(self.level_offsets[level])
-        weight = self.output.weight[start : start + int(self.level_sizes[level])]
-        return F.log_softmax(hidden @ weight.t(), dim=-1)
-
-    def token_log_probs(self, hidden, next_tokens):
-        """Log-probability of each next token ``[...]`` predicted by ``hidden`` ``[..., d]``
-        (softmax over its own level's codes); positions whose next token is padding get a
-        meaningless value and must be masked by the caller."""
-        code = (next_tokens - 1).clamp(min=0)
-        level = self.code_level[code]
-        logits = self.output(hidden).masked_fill(self.code_level != level.unsqueeze(-1), float("-inf"))
-        return logits.log_softmax(-1).gather(-1, code.unsqueeze(-1)).squeeze(-1)
-
     def target_hidden(self, item_seq, item_seq_len, target_tokens):
         """Hidden states ``[B, L, d]`` whose row ``l`` predicts the target's level-``l`` code,
         by teacher forcing with ``target_tokens`` ``[B, L]``."""
@@ -185,7 +154,7 @@ class SIDRecommender(SequentialRecommender):
         """Per-level log-probabilities ``[B, L]`` of ``items`` ``[B]`` given each history."""
         target_tokens = self.item_tokens(items)
         hidden = self.target_hidden(*self.history(interaction), target_tokens)
-        return self.token_log_probs(hidden, target_tokens)
+        return self.output.token_log_probs(hidden, target_tokens)
 
     def predict(self, interaction):
         """Exact log-likelihood of each given item's SID (sum over levels), by teacher forcing."""

@@ -9,6 +9,8 @@ import os
 
 import yaml
 
+from recbole_semprune import validate
+
 SID_YAML = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "sid.yaml"
 )
@@ -85,25 +87,6 @@ def _as_field_list(value):
     return [str(name) for name in value]
 
 
-def _positive_int(settings, key, minimum=1):
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _positive_float(settings, key):
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{key} must be a positive number, got {value!r}.")
-    settings[key] = float(value)
-
-
-def _choice(settings, key, valid, what):
-    settings[key] = str(settings[key]).lower()
-    if settings[key] not in valid:
-        raise ValueError(f"Unknown {key} '{settings[key]}': valid {what} are {', '.join(valid)}.")
-
-
 def read_settings(config):
     """Every ``sid_*`` setting from ``config`` (a RecBole Config or a dict), checked."""
     settings = default_settings()
@@ -113,19 +96,17 @@ def read_settings(config):
     seed = config["seed"] if "seed" in config else None
     settings["seed"] = 2020 if seed is None else int(seed)  # 2020: RecBole's default seed
 
-    _choice(settings, "sid_embedding", EMBEDDINGS, "backends")
-    _choice(settings, "sid_quantizer", QUANTIZERS, "quantisers")
-    _choice(settings, "sid_collision", COLLISIONS, "values")
+    for key, valid in (("sid_embedding", EMBEDDINGS), ("sid_quantizer", QUANTIZERS),
+                       ("sid_collision", COLLISIONS)):
+        settings[key] = validate.choice(key, str(settings[key]).lower(), valid)
     settings["sid_text_fields"] = _as_field_list(settings["sid_text_fields"])
     for key in POSITIVE_INTS:
-        _positive_int(settings, key)
-    _positive_int(settings, "sid_codebook_size", minimum=2)
+        validate.integer(key, settings[key], low=1)
+    validate.integer("sid_codebook_size", settings["sid_codebook_size"], low=2)
     for key in ("sid_rqvae_lr", "sid_rqvae_beta"):
-        _positive_float(settings, key)
+        settings[key] = validate.number(key, settings[key], low=0, strict=True)
     for key in ("sid_balanced", "sid_cache"):
-        if settings[key] not in (True, False):  # also accepts 0 / 1
-            raise ValueError(f"{key} must be True or False, got {settings[key]!r}.")
-        settings[key] = bool(settings[key])
+        settings[key] = validate.boolean(key, settings[key])
 
     ngrams = settings["sid_char_ngrams"]
     if ngrams is not None:
