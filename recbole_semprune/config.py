@@ -106,27 +106,25 @@ class Config(RecBoleConfig):
             settings.update(read_config_file(file, self.yaml_loader))
         return settings
 
+    def _required(self, key, value):
+        """``value``, else the config files' ``key`` (SettingsError when neither is set)."""
+        value = self.external_config_dict.get(key) if value is None else value
+        if value is None:
+            raise SettingsError(
+                f"No {key} given: pass --{key}=NAME on the command line, {key}= to the API, or "
+                f"'{key}: NAME' in a config file."
+            )
+        return value
+
     def _get_model_and_dataset(self, model, dataset):
         from recbole_semprune.utils import get_model
 
-        if model is None:
-            model = self.external_config_dict.get("model")
-            if model is None:
-                raise SettingsError(
-                    "No model given: pass --model=NAME on the command line, model= to the API, "
-                    "or 'model: NAME' in a config file."
-                )
+        model = self._required("model", model)
         if isinstance(model, str):
             model_name, model_class = model, get_model(model)
         else:
             model_name, model_class = model.__name__, model
-        if dataset is None:
-            dataset = self.external_config_dict.get("dataset")
-            if dataset is None:
-                raise SettingsError(
-                    "No dataset given: pass --dataset=NAME on the command line, dataset= to the "
-                    "API, or 'dataset: NAME' in a config file."
-                )
+        dataset = self._required("dataset", dataset)
         return model_name, model_class, dataset
 
     def _load_internal_config_dict(self, model, model_class, dataset):
@@ -213,22 +211,11 @@ class Config(RecBoleConfig):
                     f"not rank {rank} of {world_size}."
                 )
         else:
-            torch.distributed.init_process_group(
-                backend=backend,
-                rank=rank,
-                world_size=world_size,
-                init_method=f"tcp://{ip}:{port}",
-            )
-        config.update(
-            world_size=world_size,
-            offset=offset,
-            nproc=nproc,
-            ip=ip,
-            port=port,
-            dist_backend=backend,
-            single_spec=False,
-            device=torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"),
-        )
+            torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                                 init_method=f"tcp://{ip}:{port}")
+        device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        config.update(world_size=world_size, offset=offset, nproc=nproc, ip=ip, port=port,
+                      dist_backend=backend, single_spec=False, device=device)
         if not use_cuda:
             distributed.set_cpu_threads(nproc)
         if local_rank != 0:

@@ -321,18 +321,8 @@ def distributed_settings(config_file_list=None, config_dict=None, **arguments):
     return settings
 
 
-def run(
-    model,
-    dataset,
-    config_file_list=None,
-    config_dict=None,
-    saved=True,
-    nproc=None,
-    world_size=None,
-    ip=None,
-    port=None,
-    group_offset=None,
-):
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=None,
+        world_size=None, ip=None, port=None, group_offset=None):
     """Single- or multi-process run, with the arguments of ``recbole.quick_start.run``.
 
     ``nproc`` processes are started on this machine (ranks ``group_offset`` ...

@@ -259,53 +259,50 @@ class _BadLines:
         self.counts[str(path)] = self.counts.get(str(path), 0) + 1
 
 
-def read_reviews(path, bad, show_progress=False):
-    """Interactions ``(user, item, unixReviewTime)`` of a reviews json file, in file order."""
+def _read_interactions(path, bad, what, parse, show_progress):
+    """``parse(text) -> (user, item, time)`` of every good line; a line that is not UTF-8 or
+    that ``parse`` rejects with ValueError goes to ``bad``."""
     inters = []
-    for line_no, text in _iter_lines(path, "reading reviews", show_progress):
-        if text is None:
-            bad.handle(path, line_no, "not valid UTF-8")
-            continue
+    for line_no, text in _iter_lines(path, f"reading {what}", show_progress):
         try:
-            record = parse_record(text)
-            user = _check_id(record.get("reviewerID"), "reviewerID")
-            item = _check_id(record.get("asin"), "asin")
-            stamp = _check_time(record.get("unixReviewTime"), "unixReviewTime")
+            if text is None:
+                raise ValueError("not valid UTF-8")
+            inters.append(parse(text))
         except ValueError as exc:
             bad.handle(path, line_no, str(exc))
-            continue
-        inters.append((user, item, stamp))
     return inters
+
+
+def _review_interaction(text):
+    record = parse_record(text)
+    return (_check_id(record.get("reviewerID"), "reviewerID"),
+            _check_id(record.get("asin"), "asin"),
+            _check_time(record.get("unixReviewTime"), "unixReviewTime"))
+
+
+def _rating_interaction(text):
+    try:
+        row = next(csv.reader([text.strip()]))
+    except csv.Error as exc:
+        raise ValueError(f"not a csv row ({exc})") from None
+    if len(row) != 4:
+        raise ValueError(f"expected 4 fields user,item,rating,timestamp, got {len(row)}")
+    user, item = _check_id(row[0], "user"), _check_id(row[1], "item")
+    try:
+        float(row[2])
+    except ValueError:
+        raise ValueError(f"rating {row[2]!r} is not a number") from None
+    return user, item, _check_time(row[3], "timestamp")
+
+
+def read_reviews(path, bad, show_progress=False):
+    """Interactions ``(user, item, unixReviewTime)`` of a reviews json file, in file order."""
+    return _read_interactions(path, bad, "reviews", _review_interaction, show_progress)
 
 
 def read_ratings(path, bad, show_progress=False):
     """Interactions ``(user, item, timestamp)`` of a ``user,item,rating,timestamp`` csv."""
-    inters = []
-    for line_no, text in _iter_lines(path, "reading ratings", show_progress):
-        if text is None:
-            bad.handle(path, line_no, "not valid UTF-8")
-            continue
-        try:
-            try:
-                row = next(csv.reader([text.strip()]))
-            except csv.Error as exc:
-                raise ValueError(f"not a csv row ({exc})") from None
-            if len(row) != 4:
-                raise ValueError(
-                    f"expected 4 fields user,item,rating,timestamp, got {len(row)}"
-                )
-            user = _check_id(row[0], "user")
-            item = _check_id(row[1], "item")
-            try:
-                float(row[2])
-            except ValueError:
-                raise ValueError(f"rating {row[2]!r} is not a number") from None
-            stamp = _check_time(row[3], "timestamp")
-        except ValueError as exc:
-            bad.handle(path, line_no, str(exc))
-            continue
-        inters.append((user, item, stamp))
-    return inters
+    return _read_interactions(path, bad, "ratings", _rating_interaction, show_progress)
 
 
 def read_meta(path, wanted, bad, show_progress=False):
@@ -371,22 +368,19 @@ def _clean_text(value):
     return value.replace('"', "&quot;")
 
 
+def _join_words(value, separator):
+    """The words of ``value`` (any object; None -> empty) joined by ``separator``."""
+    return "" if value is None else _clean_text(separator.join(str(value).split()))
+
+
 def format_title(value):
     """Words separated by single spaces (tabs, newlines, runs of spaces collapsed)."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        value = str(value)
-    return _clean_text(" ".join(value.split()))
+    return _join_words(value, " ")
 
 
 def format_token(value):
     """A single token: whitespace runs replaced by ``_``."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        value = str(value)
-    return _clean_text("_".join(value.split()))
+    return _join_words(value, "_")
 
 
 def format_float(value):
@@ -523,18 +517,8 @@ def _check_input(path, what):
 # --------------------------------------------------------------------------- entry points
 
 
-def convert_amazon(
-    reviews=None,
-    ratings=None,
-    meta=None,
-    output_dir=".",
-    name=None,
-    kcore=None,
-    overwrite=False,
-    skip_bad_lines=False,
-    main_category=None,
-    show_progress=False,
-):
+def convert_amazon(reviews=None, ratings=None, meta=None, output_dir=".", name=None, kcore=None,
+                   overwrite=False, skip_bad_lines=False, main_category=None, show_progress=False):
     """Convert raw McAuley Amazon 2014 files to ``<output_dir>/<name>/<name>.{inter,item}``.
 
     Args:

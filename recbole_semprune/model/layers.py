@@ -428,18 +428,11 @@ class TransformerLayer(nn.Module):
         cross_k, cross_v = self.cross_attn.project_kv(memory)
         return {"cross_k": cross_k, "cross_v": cross_v, "cross_mask": memory_padding_mask}
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        padding_mask: Optional[torch.Tensor] = None,
-        causal: bool = False,
-        attn_mask: Optional[torch.Tensor] = None,
-        memory: Optional[torch.Tensor] = None,
-        memory_padding_mask: Optional[torch.Tensor] = None,
-        need_weights: bool = False,
-        cache: Optional[dict] = None,
-        weights_after_dropout: bool = False,
-    ):
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None,
+                causal: bool = False, attn_mask: Optional[torch.Tensor] = None,
+                memory: Optional[torch.Tensor] = None,
+                memory_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = False,
+                cache: Optional[dict] = None, weights_after_dropout: bool = False):
         """Run the block on ``x`` [B, T, hidden].
 
         ``padding_mask`` [B, T_keys] masks self-attention keys (with a cache, T_keys = T_shared +
@@ -497,28 +490,16 @@ class TransformerStack(nn.Module):
     self-attention probabilities; all other layers stay on the fused kernel.
     """
 
-    def __init__(
-        self,
-        n_layers: int,
-        hidden_size: int,
-        n_heads: int,
-        head_size: Optional[int] = None,
-        inner_size: Optional[int] = None,
-        attn_dropout_prob: float = 0.0,
-        hidden_dropout_prob: float = 0.0,
-        activation: str = "gelu",
-        layer_norm_eps: float = 1e-6,
-        cross_attention: bool = False,
-        bias: bool = True,
-        attn_dropout_mode: str = "probs",
-    ):
+    def __init__(self, n_layers: int, hidden_size: int, n_heads: int,
+                 layer_norm_eps: float = 1e-6, cross_attention: bool = False, **layer_options):
+        """``layer_options``: the other arguments of :class:`TransformerLayer` (head_size,
+        inner_size, dropouts, activation, bias, attn_dropout_mode)."""
         super().__init__()
         self.n_layers = n_layers
         self.cross_attention = cross_attention
         self.layers = nn.ModuleList(
-            TransformerLayer(hidden_size, n_heads, head_size, inner_size, attn_dropout_prob,
-                             hidden_dropout_prob, activation, layer_norm_eps, cross_attention, bias,
-                             attn_dropout_mode)
+            TransformerLayer(hidden_size, n_heads, layer_norm_eps=layer_norm_eps,
+                             cross_attention=cross_attention, **layer_options)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -528,9 +509,10 @@ class TransformerStack(nn.Module):
     def from_config(cls, config, n_layers, cross_attention=False):
         """A stack of ``n_layers`` with the sizes of a model's config (SASRec's key names)."""
         return cls(
-            n_layers, config["hidden_size"], config["n_heads"], config["head_size"],
-            config["inner_size"], config["attn_dropout_prob"], config["hidden_dropout_prob"],
-            config["hidden_act"], config["layer_norm_eps"], cross_attention=cross_attention,
+            n_layers, config["hidden_size"], config["n_heads"], config["layer_norm_eps"],
+            cross_attention, head_size=config["head_size"], inner_size=config["inner_size"],
+            attn_dropout_prob=config["attn_dropout_prob"],
+            hidden_dropout_prob=config["hidden_dropout_prob"], activation=config["hidden_act"],
             attn_dropout_mode=config["attn_dropout_mode"],
         )
 

@@ -31,8 +31,6 @@ class RASTP(SIDRecommender):
     of the most recent items, and TIGER's own differences (pre-LN, learned recency positions).
     """
 
-    backbones = ("tiger", "decoder_only")
-
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
         self.pruner = TokenPruner.from_config(config, self.max_seq_length * self.n_levels)

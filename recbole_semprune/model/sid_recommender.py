@@ -36,7 +36,7 @@ class SIDRecommender(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
-    backbones = ()  # the values of the `backbone` key this model runs on
+    backbones = ("tiger", "decoder_only")  # values of the `backbone` key it runs on (TIGER: tiger)
     pruner = None  # a TokenPruner where the model prunes its history
 
     def __init__(self, config, dataset, semantic_ids=None):

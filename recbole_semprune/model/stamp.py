@@ -51,13 +51,13 @@ class STAMPSID(SIDRecommender):
     the backbone's (next item only). Differences from the paper: see ``docs/stamp.md``.
     """
 
-    backbones = ("tiger", "decoder_only")
-
     def __init__(self, config, dataset, semantic_ids=None):
         super().__init__(config, dataset, semantic_ids)
+        # SAP: the pruner that the backbone runs where it reads the history
         self.pruner = TokenPruner.from_config(config, self.max_seq_length * self.n_levels)
         self.backbone = build_backbone(self.read_backbone(config), self, config, self.pruner)
         self.init_parameters()
+        # MAP: the multi-step heads and their loss (they initialise themselves)
         self.multistep = MultiStep(self, config)
 
     @classmethod
