@@ -73,7 +73,8 @@ def run_one(spec, folder, threads=None):
     os.chdir(folder)
     saved = os.path.join(folder, "saved")
     resume = os.path.isdir(saved) and any(name.endswith("-last.pth") for name in os.listdir(saved))
-    config_dict = {**_typed(spec["config"]), "seed": spec["seed"], "checkpoint_dir": saved,
+    # values as on RecBole's command line: its Config reads "5" as 5, "[5,10]" as a list
+    config_dict = {**spec["config"], "seed": spec["seed"], "checkpoint_dir": saved,
                    "resume": resume, "show_progress": False}
     sys.argv = [sys.argv[0]]  # RecBole's Config reads the command line
     result = run_recbole_semprune(spec["model_class"], spec["dataset"], spec.get("config_files"),
@@ -103,19 +104,6 @@ def run_one(spec, folder, threads=None):
     })
 
 
-def _typed(config):
-    """Command-line values as RecBole reads them (``--epochs=5`` -> 5, ``[5,10]`` -> a list)."""
-    import ast
-
-    out = {}
-    for key, value in config.items():
-        try:
-            out[key] = ast.literal_eval(value) if isinstance(value, str) else value
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def summarise(result, positions):
     """One run's figures: test metrics with the mask off / on (from the per-user positions, the
     figures RecBole's evaluator averages), the best validation epoch, training epochs and
@@ -134,14 +122,10 @@ def summarise(result, positions):
     best = max(scored, key=lambda v: float(v["result"][metric]), default=None)
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
-    figures.update({
-        "epochs": len(epochs),
-        "best_epoch": best_epoch,
-        "seconds_to_best": sum(e["seconds"] for e in epochs
-                               if best_epoch is not None and e["epoch"] <= best_epoch),
-        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else math.nan,
-        "peak_memory_mb": max((e["peak_memory_mb"] for e in epochs), default=math.nan),
-    })
+    figures.update(epochs=len(epochs), best_epoch=best_epoch, seconds_to_best=sum(
+        e["seconds"] for e in epochs if best_epoch is not None and e["epoch"] <= best_epoch),
+        seconds_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
+        peak_memory_mb=max((e["peak_memory_mb"] for e in epochs), default=math.nan))
     return figures
 
 
@@ -286,13 +270,12 @@ def main(argv=None):
             continue
         old = read_json(os.path.join(folder, SPEC_FILE))
         if old is not None and old != spec:  # other settings: start that run again
-            for name in (RESULT_FILE, POSITIONS_FILE):
-                if os.path.exists(os.path.join(folder, name)):
-                    os.remove(os.path.join(folder, name))
             saved = os.path.join(folder, "saved")
-            for name in os.listdir(saved) if os.path.isdir(saved) else []:
-                if name.endswith("-last.pth"):
-                    os.remove(os.path.join(saved, name))
+            for path in [os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE)] + [
+                    os.path.join(saved, n) for n in (os.listdir(saved) if os.path.isdir(saved) else [])
+                    if n.endswith("-last.pth")]:
+                if os.path.exists(path):
+                    os.remove(path)
         write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
         command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
