@@ -89,3 +89,8 @@ def pooled_difference(pairs):
         diff, se = paired_difference(a, b)
         rows.append((metric, float(a.mean()), float(b.mean()), diff, se))
     return rows
+
+
+def difference_cells(a, b, diff, se):
+    """Table cells of a paired comparison: A, B, A - B, its standard error, (A - B) / SE."""
+    return [f"{a:.4f}", f"{b:.4f}", f"{diff:+.4f}", f"{se:.4f}", f"{diff / se:+.2f}" if se > 0 else "n/a"]

@@ -2,13 +2,9 @@
 
     python scripts/batch_layouts.py --inter ../shared/datasets/amazon-beauty/amazon-beauty.inter
 
-Prints (1) the share of padding slots of RecBole's fixed padding and of the length-bucketed
-sampler (recbole_semprune.data.batching) at several ``bucket_batches``, over the dataset's
-training rows (leave-one-out: a user with n interactions has training prefixes of 1..n-3
-items, capped at --max_items); (2) the time of one TIGER encoder layer (d 128, 6 heads of 64,
-d_ff 1024), forward + backward on one thread, over the same 4,096 histories (8 batches of the
-bucketed sampler) laid out padded, bucketed, and packed into rows of max_items x levels tokens
-with block-diagonal attention; the layouts are interleaved, 3 rounds, medians reported.
+Prints the padding share of RecBole's padding and of the length-bucketed sampler over the
+training rows, then times one TIGER encoder layer (forward + backward, one thread, medians of 3
+interleaved rounds) on 4,096 histories padded, bucketed and packed (docs/benchmarks.md).
 """
 
 import argparse
@@ -78,13 +74,9 @@ def main():
     def step(x, mask, attn_mask=None):
         layer(x, padding_mask=mask, attn_mask=attn_mask)[0].sum().backward()
 
-    def padded():
+    def padded(bucketed=False):
         for b in batches:
-            step(torch.randn(len(b), width, 128), torch.arange(width) < b[:, None])
-
-    def bucketed():
-        for b in batches:
-            w = int(b.max())
+            w = int(b.max()) if bucketed else width
             step(torch.randn(len(b), w, 128), torch.arange(w) < b[:, None])
 
     def packed():
@@ -99,7 +91,7 @@ def main():
              "packed": 1 - real / ids.numel()}
     times = {name: [] for name in share}
     for _ in range(3):
-        for name, run in (("padded", padded), ("bucketed", bucketed), ("packed", packed)):
+        for name, run in (("padded", padded), ("bucketed", lambda: padded(True)), ("packed", packed)):
             begin = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - begin)

@@ -1,26 +1,14 @@
 #!/usr/bin/env python
 """Re-evaluate a saved checkpoint under inference-only settings: one table row per variant.
 
-The weights stay the checkpoint's; only what decoding does changes, so the rows compare
-settings on one trained model (no retraining noise). Each row is RecBole's evaluator on the
-checkpoint's own split and metrics (its ``metrics`` / ``topk``), like the test result of the
-run that wrote it::
-
-    python scripts/evaluate_checkpoint.py saved/Rec2PM-Nov-23-2026_19-23-32.pth \\
+    python scripts/evaluate_checkpoint.py saved/Rec2PM-....pth \\
         --variants="exclude_seen=False;exclude_seen=True;memory_mode=append,exclude_seen=True"
 
-A variant is ``KEY=VALUE[,KEY=VALUE...]`` over the keys in ``INFERENCE_KEYS``; an empty variant
-is the checkpoint as saved. ``--split=valid`` evaluates the validation rows instead of the test
-rows. Prints a markdown table (variant, seconds, metrics) and, with ``--output``, writes it
-there too.
-
-``--length_groups=50,200`` adds a table of Recall / NDCG at the checkpoint's ``topk`` per
-history length (the length the model reads, after ``MAX_ITEM_LIST_LENGTH``): here under 50,
-50 to 199 and 200 or more items, each variant on its own rows. The groups' figures, weighted
-by their numbers of users, average to the first table's.
+A variant is ``KEY=VALUE[,KEY=VALUE...]`` over ``INFERENCE_KEYS`` (empty: as saved); each row is
+RecBole's evaluator on the checkpoint's own split and metrics. ``--length_groups=50,200`` adds
+Recall / NDCG per history length group. See README.md.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -28,23 +16,18 @@ import time
 import torch
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
     per_user_metrics, set_exclude_seen, target_positions, topk_list,
 )
+from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
-# key -> (type, what it changes); every one is read at decoding time only
-INFERENCE_KEYS = {
-    "exclude_seen": (bool, "rank no item of the input history (every model; SID models: not in the beam)"),
-    "beam_size": (int, "beams of the constrained beam search"),
-    "memory_mode": (str, "Rec2PM's memory at inference: overwrite or append"),
-}
+# key -> type; every one is read at decoding time only
+INFERENCE_KEYS = {"exclude_seen": bool, "beam_size": int, "memory_mode": str}
 
 
 class VariantError(ValueError):
@@ -56,13 +39,12 @@ def parse_variant(text):
     settings = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, raw = part.partition("=")
-        key = key.strip()
+        key, kind = key.strip(), INFERENCE_KEYS.get(key.strip())
         if not sep:
             raise VariantError(f"{part!r} is not KEY=VALUE")
-        if key not in INFERENCE_KEYS:
-            known = ", ".join(sorted(INFERENCE_KEYS))
-            raise VariantError(f"{key!r} is not an inference-only key; use one of {known}")
-        kind = INFERENCE_KEYS[key][0]
+        if kind is None:
+            raise VariantError(f"{key!r} is not an inference-only key; use one of "
+                               f"{', '.join(sorted(INFERENCE_KEYS))}")
         value = yaml.safe_load(raw)
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise VariantError(f"{key} must be a {kind.__name__}, got {raw!r}")
@@ -73,17 +55,15 @@ def parse_variant(text):
 def apply_variant(model, config, settings):
     """Sets each key on the model (and the config the evaluator reads), checking its value;
     ``exclude_seen`` is every model's (the trainer's history mask)."""
+    from recbole_semprune.model.rec2pm import MEMORY_MODES
+
     for key, value in settings.items():
         if key != "exclude_seen" and not hasattr(model, key):
             raise VariantError(f"{type(model).__name__} has no {key!r}")
-    if "memory_mode" in settings:
-        from recbole_semprune.model.rec2pm import MEMORY_MODES
-
-        if settings["memory_mode"] not in MEMORY_MODES:
-            raise VariantError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}")
-    topk = topk_list(config)
-    if "beam_size" in settings and settings["beam_size"] < max(topk):
-        raise VariantError(f"beam_size must be >= the largest topk ({max(topk)})")
+    if settings.get("memory_mode", MEMORY_MODES[0]) not in MEMORY_MODES:
+        raise VariantError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}")
+    if settings.get("beam_size", max(topk_list(config))) < max(topk_list(config)):
+        raise VariantError(f"beam_size must be >= the largest topk ({max(topk_list(config))})")
     for key, value in settings.items():
         if key == "exclude_seen":
             set_exclude_seen(model, config, value)
@@ -93,7 +73,7 @@ def apply_variant(model, config, settings):
 
 
 def parse_groups(text):
-    """``"50,200"`` -> ``[50, 200]`` (increasing positive history lengths)."""
+    """``"50,200"`` -> ``[50, 200]`` (increasing history lengths above 1)."""
     try:
         bounds = [int(part) for part in text.split(",")]
     except ValueError:
@@ -103,27 +83,21 @@ def parse_groups(text):
     return bounds
 
 
-def group_names(bounds):
-    edges = [1, *bounds]
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip(edges, bounds)]
-    return names + [f">={bounds[-1]}"]
-
-
 def metrics_by_length(position, length, bounds, topk):
     """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
     positions ``[N]`` grouped by their history lengths ``[N]``."""
     group = torch.bucketize(length, torch.tensor(bounds), right=True)
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip([1, *bounds], bounds)] + [f">={bounds[-1]}"]
     rows = []
-    for number, name in enumerate(group_names(bounds)):
-        values = per_user_metrics(position[group == number], topk)
+    for number, name in enumerate(names):
         users = int((group == number).sum())
+        values = per_user_metrics(position[group == number], topk)
         rows.append((name, users, {m: float(v.mean()) if users else float("nan") for m, v in values.items()}))
     return rows
 
 
 def evaluate_variants(model_file, variants, split="test", length_groups=None):
-    """``[(variant text, seconds, OrderedDict of metrics, rows by length or None)]``, one per
-    variant, in order."""
+    """``[(variant text, seconds, metrics, rows by length or None)]``, one per variant."""
     parsed = [(text, parse_variant(text)) for text in variants]  # fail before loading
     bounds = parse_groups(length_groups) if length_groups else None
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
@@ -137,63 +111,42 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         start = time.perf_counter()
         with torch.no_grad():
             result = trainer.evaluate(data, load_best_model=False, show_progress=False)
-        seconds = time.perf_counter() - start
-        groups = None
-        if bounds:
-            topk = topk_list(config)
-            with torch.no_grad():
-                position, length, _ = target_positions(
-                    model.eval(), data, max(topk), read_exclude_seen(config)
-                )
-            groups = metrics_by_length(position, length, bounds, topk)
+            seconds = time.perf_counter() - start
+            groups = bounds and metrics_by_length(*target_positions(
+                model.eval(), data, max(topk_list(config)), read_exclude_seen(config))[:2],
+                bounds, topk_list(config))
         rows.append((text or "(as saved)", seconds, result, groups))
     return rows
 
 
 def markdown(rows):
     metrics = list(rows[0][2])
-    lines = [
-        "| variant | eval s | " + " | ".join(metrics) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in metrics) + " |",
-    ]
-    for text, seconds, result, _ in rows:
-        values = " | ".join(f"{result[m]:.4f}" for m in metrics)
-        lines.append(f"| {text} | {seconds:.1f} | {values} |")
+    lines = ["| variant | eval s | " + " | ".join(metrics) + " |", "| --- | ---: |" + " ---: |" * len(metrics)]
+    lines += [f"| {text} | {seconds:.1f} | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |"
+              for text, seconds, result, _ in rows]
     if rows[0][3]:
         names = list(rows[0][3][0][2])
         lines += ["", "| variant | history length | users | " + " | ".join(names) + " |",
-                  "| --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |"]
-        for text, _, _, groups in rows:
-            for name, users, values in groups:
-                cells = " | ".join(f"{values[m]:.4f}" for m in names)
-                lines.append(f"| {text} | {name} | {users} | {cells} |")
+                  "| --- | --- | ---: |" + " ---: |" * len(names)]
+        lines += [f"| {text} | {name} | {users} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |"
+                  for text, _, _, groups in rows for name, users, values in groups]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model_file", help="a checkpoint written by a plugin run (saved/...pth)")
+    parser = checkpoint_parser(__doc__, exclude_seen=False, help="a checkpoint of a plugin run")
     parser.add_argument("--variants", default="", help="';'-separated KEY=VALUE[,KEY=VALUE] sets")
-    parser.add_argument("--split", choices=["test", "valid"], default="test")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", default=None, help="also write the table to this file")
-    parser.add_argument("--length_groups", default=None,
-                        help="history lengths that split users into groups, e.g. 50,200")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.model_file):
-        parser.error(f"no checkpoint at {args.model_file}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.add_argument("--length_groups", default=None, help="history lengths, e.g. 50,200")
+    args = parse_checkpoint_args(parser, argv)
     try:
-        rows = evaluate_variants(args.model_file, args.variants.split(";"), args.split,
-                                 args.length_groups)
+        rows = evaluate_variants(args.model_file, args.variants.split(";"), args.split, args.length_groups)
     except VariantError as error:
         parser.error(str(error))
-    table = markdown(rows)
-    print(table)
+    print(markdown(rows))
     if args.output:
         with open(args.output, "w") as handle:
-            handle.write(table + "\n")
+            handle.write(markdown(rows) + "\n")
     return rows
 
 

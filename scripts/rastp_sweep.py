@@ -1,42 +1,23 @@
 #!/usr/bin/env python
-"""RASTP sweep: prune_layer x keep_ratio x prune_scorer (x keep_ratio_mode) under one budget.
+"""RASTP sweep: prune_layer x keep_ratio x prune_scorer (x keep_ratio_mode) under one budget,
+as one benchmark run of labelled RASTP variants with an unpruned baseline (docs/rastp.md).
+Writes <output>/sweep.csv, <output>/sweep.png and the benchmark's own results.*.
 
-One run of the plugin benchmark (``recbole_semprune.benchmark``): every point is a labelled
-variant of RASTP (``--models=unpruned=RASTP,rastp-p1-k0_25-fixed=RASTP,...`` with
-``--LABEL.prune_layer=...``), each in a fresh worker process with the same dataset, split,
-seed, budget and evaluated users, and a first, unpruned point (``prune_scorer=none``, i.e.
-TIGER) is the baseline the speed-ups are measured against. Writes
-
-    <output>/sweep.csv    one row per point: settings, cost, speed-up, kept tokens, metrics
-    <output>/sweep.png    speed-up vs accuracy (needs matplotlib; skipped with a message)
-    <output>/results.*    the benchmark's own tables; <output>/<point>/ its worker log
-
-Example (the full grid; docs/rastp.md runs the ``--design=star`` subset)::
-
-    python scripts/rastp_sweep.py --data_path=../shared/datasets --dataset=amazon-beauty \\
-        --prune_layers=1,2,3 --keep_ratios=0.25,0.3333,0.5 \\
-        --scorers=rastp,attention,saliency_l1,random --max_steps=300 --eval_max_users=2000 \\
-        --threads=1
-
-Extra ``--KEY=VALUE`` arguments go to every point (as on the benchmark's command line).
+    python scripts/rastp_sweep.py --data_path=../shared/datasets --dataset=amazon-beauty \
+        --prune_layers=1,2,3 --keep_ratios=0.25,0.3333,0.5 --max_steps=300 --threads=1
 """
 
 import argparse
 import datetime
 import itertools
-import logging
 import os
 import re
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_semprune.benchmark import BenchmarkError, report, run_benchmark  # noqa: E402
-from recbole_semprune.benchmark.common import cli_logging  # noqa: E402
-
-logger = logging.getLogger("rastp_sweep")
+from recbole_semprune.benchmark import report, run_benchmark  # noqa: E402
+from recbole_semprune.benchmark.common import logger, run_command  # noqa: E402
 
 SETTINGS = ["prune_layer", "keep_ratio", "prune_scorer", "keep_ratio_mode"]
 KEPT_COLUMNS = ["kept_tokens_per_history", "tokens_per_history", "kept_fraction",
@@ -54,22 +35,16 @@ def _list(cast):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Sweep RASTP settings with recbole_semprune.benchmark; CSV + PNG.",
-        epilog="Any other --KEY=VALUE is a config key for every run, e.g. --n_layers=4.",
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="Any other --KEY=VALUE is a config key for every point.")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--data_path", default="../shared/datasets")
-    parser.add_argument("--prune_layers", type=_list(int), default=[1, 2, 3])
-    parser.add_argument("--keep_ratios", type=_list(float), default=[0.25, 0.3333, 0.5])
-    parser.add_argument("--scorers", type=_list(str),
-                        default=["rastp", "attention", "saliency_l1", "random"])
-    parser.add_argument("--keep_ratio_modes", type=_list(str), default=["fixed"])
-    parser.add_argument(
-        "--design", choices=["grid", "star"], default="grid",
-        help="grid: every combination; star: one factor at a time around the centre (the "
-             "first value of each list), i.e. 1 + sum(len(list) - 1) points",
-    )
+    for flag, cast, default in (("prune_layers", int, [1, 2, 3]), ("keep_ratios", float, [0.25, 0.3333, 0.5]),
+                                ("scorers", str, ["rastp", "attention", "saliency_l1", "random"]),
+                                ("keep_ratio_modes", str, ["fixed"])):
+        parser.add_argument(f"--{flag}", type=_list(cast), default=default)
+    parser.add_argument("--design", choices=["grid", "star"], default="grid",
+                        help="grid: every combination; star: one factor at a time around the first values")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max_steps", type=int, help="optimisation steps per point (default 300)")
     budget.add_argument("--epochs", type=int, help="full epochs per point")
@@ -77,11 +52,8 @@ def build_parser():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--valid", action="store_true", help="also report validation metrics")
     parser.add_argument("--metric", default="ndcg@10", help="accuracy axis of the plot")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse the points that finished in --output with the same settings "
-                             "(the benchmark's --resume); rewrites the CSV and the plot")
-    parser.add_argument("--output", default=None,
-                        help="output folder (default bench_out/rastp-sweep-<dataset>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished points of --output")
+    parser.add_argument("--output", default=None, help="default bench_out/rastp-sweep-<dataset>-<time>")
     return parser
 
 
@@ -145,42 +117,28 @@ def write_csv(path, rows):
 
 
 def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
-    """Speed-up (x, ``speedup``: CPU seconds by default) vs ``metric`` (y): colour = scorer,
-    marker = prune_layer, label = ratio."""
-    plt = report.pyplot(path)
-    if plt is None:
-        return False
-    ok = [r for r in rows if r.get("status") == "ok" and r.get(speedup) is not None
-          and r.get(metric) is not None]
+    """Speed-up (x, CPU seconds by default) vs ``metric``: one colour per scorer, labels
+    prune_layer / keep_ratio, the unpruned point a star."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get(speedup) and r.get(metric) is not None]
     if not ok:
         logger.warning("no finished point has %s: %s skipped", metric, path)
         return False
-    scorers = sorted({r["prune_scorer"] for r in ok if r["prune_scorer"] != "none"})
-    layers = sorted({r["prune_layer"] for r in ok if r["prune_layer"] != ""})
-    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(scorers)}
-    markers = {layer: "osD^v<>ph"[i % 9] for i, layer in enumerate(layers)}
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for row in ok:
-        if row["prune_scorer"] == "none":
-            ax.axhline(row[metric], color="grey", linestyle="--", linewidth=1)
-            ax.scatter([1.0], [row[metric]], color="black", marker="*", s=120, zorder=3)
-            continue
-        ax.scatter([row[speedup]], [row[metric]], color=colors[row["prune_scorer"]],
-                   marker=markers[row["prune_layer"]], s=45, zorder=3)
-        ax.annotate(f"{row['keep_ratio']:g}", (row[speedup], row[metric]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    handles = [plt.Line2D([], [], color="black", marker="*", linestyle="", label="unpruned")]
-    handles += [plt.Line2D([], [], color=colors[s], marker="o", linestyle="", label=s)
-                for s in scorers]
-    handles += [plt.Line2D([], [], color="grey", marker=markers[layer], linestyle="",
-                           label=f"prune_layer {layer}") for layer in layers]
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set_xlabel("training speed-up vs unpruned (CPU seconds/step ratio); labels: keep_ratio")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    report.save_figure(plt, fig, path)
-    return True
+
+    def draw(ax, plt):
+        for scorer in dict.fromkeys(r["prune_scorer"] for r in ok):
+            mine = [r for r in ok if r["prune_scorer"] == scorer]
+            ax.scatter([r[speedup] for r in mine], [r[metric] for r in mine], s=120 if scorer == "none"
+                       else 45, marker="*" if scorer == "none" else "o", zorder=3,
+                       label="unpruned" if scorer == "none" else scorer)
+            for r in mine if scorer != "none" else ():
+                ax.annotate(f"p{r['prune_layer']}/{r['keep_ratio']:g}", (r[speedup], r[metric]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=8)
+        ax.set(xlabel="training speed-up vs unpruned (CPU seconds/step ratio); labels: "
+               "prune_layer/keep_ratio", ylabel=f"test {metric}", title=title)
+        ax.grid(alpha=0.3)
+
+    return report.plot(path, draw, figsize=(7.5, 5))
 
 
 def main(argv=None):
@@ -192,23 +150,22 @@ def main(argv=None):
     clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in SETTINGS]
     if clash:
         parser.error(f"{' '.join(clash)}: the sweep sets these keys itself")
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"rastp-sweep-{args.dataset}-{now:%Y%m%d-%H%M%S}")
     points = grid(args)
-    try:
-        with cli_logging():
-            status, _, rows = run_benchmark(benchmark_argv(args, points, extra, output))
-    except BenchmarkError as error:
-        parser.error(str(error))
-    rows = sweep_rows(points, rows)
-    write_csv(os.path.join(output, "sweep.csv"), rows)
-    budget = f"epochs={args.epochs}" if args.epochs else f"max_steps={args.max_steps or 300}"
-    title = f"RASTP sweep, {args.dataset}, {budget}, eval users: {args.eval_max_users or 'all'}"
-    if write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title):
-        logger.info("plot: %s", os.path.join(output, "sweep.png"))
-    logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
-    return status
+
+    def run(argv):
+        status, _, rows = run_benchmark(argv)
+        rows = sweep_rows(points, rows)
+        write_csv(os.path.join(output, "sweep.csv"), rows)
+        budget = f"epochs={args.epochs}" if args.epochs else f"max_steps={args.max_steps or 300}"
+        title = f"RASTP sweep, {args.dataset}, {budget}, eval users: {args.eval_max_users or 'all'}"
+        if write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title):
+            logger.info("plot: %s", os.path.join(output, "sweep.png"))
+        logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
+        return status, output
+
+    return run_command("rastp_sweep.py", run, benchmark_argv(args, points, extra, output), "results.md")
 
 
 if __name__ == "__main__":

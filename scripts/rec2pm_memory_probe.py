@@ -1,31 +1,23 @@
 #!/usr/bin/env python
 """Does a trained Rec2PM's memory carry information about its user? A probe of a checkpoint.
 
-Each test (or validation) user's history is folded into its state as in evaluation. Then the
-memories of the users with at least one folded segment are permuted among those users (each
-gets another user's memory; its own recent items stay) and the same users are ranked again::
+    python scripts/rec2pm_memory_probe.py saved/Rec2PM-....pth --threads=2
 
-    python scripts/rec2pm_memory_probe.py saved/Rec2PM-Dec-01-2026_18-30-00.pth --threads=2
-
-If accuracy does not drop, the model ignores what its memory says about the user: it is a
-window model over the incomplete segment. The table also gives the memory spread over those
-users (variance of the memories across users / their mean square, as logged during training:
-near 0 = every user gets about the same memory). ``exclude_seen`` is the checkpoint's unless
-``--exclude_seen`` says otherwise. Overwrite mode only (one C x d memory per user).
+Folds each test user's history into its state as in evaluation, permutes the memories among the
+users with a folded segment (their recent items stay) and ranks again; also gives the memory
+spread (variance across users / mean square). Overwrite mode only. See README.md.
 """
 
-import argparse
 import math
 import os
 import sys
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import per_user_metrics, positions_of  # noqa: E402
+from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
 from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
 from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 
@@ -72,11 +64,6 @@ def permute_memories(state, seed=0):
     return state._replace(memory=memory), folded
 
 
-def memory_spread(memory):
-    """Variance of ``[N, C, d]`` memories across users over their mean square."""
-    return float(memory.var(0, unbiased=False).mean() / memory.pow(2).mean().clamp(min=1e-12))
-
-
 def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
     """Rows ``(users, n, memory spread, recall own, ndcg own, recall permuted, ndcg permuted)``
     for all users and for those with a folded segment (the permuted ones)."""
@@ -94,7 +81,8 @@ def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
         own = rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size)
         shuffled, folded = permute_memories(state, seed)
         permuted = rank_metrics(model, shuffled, histories, targets, k, exclude_seen, batch_size)
-    spread = memory_spread(state.memory[folded])
+    memory = state.memory[folded]  # the spread: variance across users over the mean square
+    spread = float(memory.var(0, unbiased=False).mean() / memory.pow(2).mean().clamp(min=1e-12))
     rows = []
     folded = folded.cpu()
     for name, index in (("all", torch.arange(len(targets))), ("with a folded segment", folded)):
@@ -114,22 +102,12 @@ def markdown(rows, k, exclude_seen):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model_file", help="a Rec2PM checkpoint written by a plugin run")
-    parser.add_argument("--split", choices=["test", "valid"], default="test")
+    parser = checkpoint_parser(__doc__, help="a Rec2PM checkpoint written by a plugin run")
     parser.add_argument("--k", type=int, default=10, help="cut-off of Recall / NDCG")
-    parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
-                        help="override the checkpoint's exclude_seen")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.model_file):
-        parser.error(f"no checkpoint at {args.model_file}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    exclude = None if args.exclude_seen is None else args.exclude_seen == "True"
+    args = parse_checkpoint_args(parser, argv)
     try:
-        rows, exclude = probe(args.model_file, args.split, args.k, exclude, args.seed)
+        rows, exclude = probe(args.model_file, args.split, args.k, args.exclude_seen, args.seed)
     except ProbeError as error:
         parser.error(str(error))
     print(markdown(rows, args.k, exclude))

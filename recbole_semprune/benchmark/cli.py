@@ -1,9 +1,6 @@
-"""``python -m recbole_semprune.benchmark``: several models, one protocol, one table.
-
-Each model runs in its own fresh process (:mod:`recbole_semprune.benchmark.worker`), one after
-another, with the same dataset, split, seed and training budget; this process only checks the
-arguments, starts the workers, collects their JSON and writes the tables.
-"""
+"""``python -m recbole_semprune.benchmark``: several models, one protocol, one table
+(docs/benchmarks.md). Each model runs in a fresh process (:mod:`.worker`), one after another;
+this process checks the arguments, starts the workers, collects their JSON, writes the tables."""
 
 import argparse
 import datetime
@@ -15,8 +12,8 @@ import traceback
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    BenchmarkError, add_model_arguments, cli_logging, logger, parse_models, parse_overrides,
-    positive_int, preflight, read_json, write_json,
+    BenchmarkError, add_model_arguments, logger, model_specs, parse_models, parse_overrides,
+    positive_int, preflight, read_json, run_command, write_json,
 )
 
 # Keys every model must share (one protocol), and keys the benchmark sets itself.
@@ -30,88 +27,41 @@ BENCHMARK_KEYS = {
 # Config values copied into each result (besides the overridden keys), for the record.
 REPORT_KEYS = ["seed", "data_path", "train_batch_size", "eval_batch_size", "learning_rate",
                "MAX_ITEM_LIST_LENGTH", "exclude_seen", "hidden_size", "n_layers", "n_heads"]
-EPILOG = """\
-extra config keys:
-  --KEY=VALUE          a RecBole / plugin config key for every model, e.g. --hidden_size=64
-  --MODEL.KEY=VALUE    only for MODEL, e.g. --TIGER.n_layers=2 (beats --KEY=VALUE)
-  Values are read as on RecBole's command line. Per-model keys may not change the protocol
-  (%s).
-
-examples:
-  python -m recbole_semprune.benchmark --dataset=ml-100k --models=SASRec,BERT4Rec --max_steps=200
-  python -m recbole_semprune.benchmark --dataset=amazon-beauty --data_path=../shared/datasets \\
-      --models=SASRec,BERT4Rec --max_steps=200 --eval_max_users=2000 --threads=1
-
-latency and state per user: python -m recbole_semprune.benchmark.latency (same --output: its
-table is appended to results.md)
-""" % ", ".join(PROTOCOL_KEYS)
-LAST_CHECKPOINT_FILE = "last.pth"
+PROG = "python -m recbole_semprune.benchmark"
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m recbole_semprune.benchmark", epilog=EPILOG, allow_abbrev=False,
-        description="Train and evaluate several models under one protocol, seed and machine, one "
-        "after another (each in a fresh process), and write results.csv / results.md.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=PROG, allow_abbrev=False,
+        description="Train and evaluate several models under one protocol; results.csv / .md.",
+        epilog="Config keys: --KEY=VALUE (every model), --LABEL.KEY=VALUE (one model; not "
+        f"{', '.join(PROTOCOL_KEYS)}). Latency: {PROG}.latency. See docs/benchmarks.md.")
     add_model_arguments(parser)
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--epochs", type=positive_int, metavar="N",
-                        help="train N full epochs (no early stopping, no checkpoint); epoch time measured")
+    budget.add_argument("--epochs", type=positive_int, metavar="N", help="train N full epochs")
     budget.add_argument("--max_steps", type=positive_int, metavar="N",
-                        help="train exactly N optimisation steps (the trainer's max_steps); epoch "
-                        "time extrapolated from seconds/step")
+                        help="train exactly N optimisation steps")
     parser.add_argument("--eval_max_users", type=positive_int, metavar="N",
-                        help="evaluate only the first N users of the test loader (the same users "
-                        "for every model)")
-    parser.add_argument("--valid", action="store_true",
-                        help="also evaluate on the validation split after each epoch (never stops training)")
+                        help="evaluate only the first N users of the test loader")
+    parser.add_argument("--valid", action="store_true", help="also validate after each epoch")
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="output folder (default: bench_out/<dataset>-<timestamp>)")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the models that already finished in --output with the very same "
-                        "settings, continue a model interrupted there from its last completed "
-                        "epoch, run the others (an interrupted benchmark goes on where it stopped)")
+                        help="reuse finished models of --output, continue an interrupted one")
     parser.add_argument("--in_process", action="store_true",
-                        help="run the models in this process instead of fresh ones (tests, "
-                        "debugging: peak memory is then not isolated between models)")
+                        help="run the models in this process (tests, debugging)")
     return parser
 
 
 def parse_args(argv):
-    """Parse the command line: ``(namespace, global_overrides, {model: overrides})``.
-    Exits with status 2 (argparse's) on bad flags."""
+    """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if any(arg.split("=", 1)[0].startswith("--latency") for arg in extra):
-        parser.error("latency has its own command: python -m recbole_semprune.benchmark.latency "
-                     "(the same model flags; --output of this run appends it to results.md)")
+        parser.error(f"latency has its own command: {PROG}.latency (the same model flags; "
+                     "--output of this run appends it to results.md)")
     parse_models(parser, args)
     return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
-
-
-def model_spec(args, model, global_overrides, model_overrides, model_dir):
-    """The worker's spec for ``model``: config files and dict (with the budget), evaluation."""
-    from recbole_semprune.benchmark.worker import SPEC_VERSION
-
-    steps = args.max_steps
-    config_dict = {**global_overrides, **model_overrides.get(model, {}),
-                   # a fixed budget: every epoch trains, validation never stops the run early
-                   "epochs": steps or args.epochs, "max_steps": steps, "eval_step": 1,
-                   "stopping_step": (steps or args.epochs) + 1}
-    if args.data_path is not None:
-        config_dict["data_path"] = args.data_path
-    return {
-        "version": SPEC_VERSION, "model": model, "model_class": args.model_classes[model],
-        "dataset": args.dataset, "config_files": [os.path.abspath(f) for f in args.config_files],
-        "config_dict": config_dict,
-        "budget": {"mode": "max_steps", "value": steps} if steps else {"mode": "epochs", "value": args.epochs},
-        "eval_max_users": args.eval_max_users, "valid": bool(args.valid), "threads": args.threads,
-        "report_keys": REPORT_KEYS, "init_logger": not args.in_process,
-        "result_path": os.path.abspath(os.path.join(model_dir, "result.json")),
-        # the trainer's resume state, written after every epoch (removed with the result)
-        "last_checkpoint": os.path.abspath(os.path.join(model_dir, LAST_CHECKPOINT_FILE)),
-    }
 
 
 def _failed(model, error, tail="", trained=None):
@@ -171,29 +121,36 @@ def run_in_process(spec, model_dir):
         trace = traceback.format_exc()
         with open(os.path.join(model_dir, "worker.log"), "w", encoding="utf-8") as f:
             f.write(trace)
-        return _failed(spec["model"], f"{type(error).__name__}: {error}", trace, trained[0] if trained else None)
+        return _failed(spec["model"], f"{type(error).__name__}: {error}", trace, (trained or [None])[0])
     finish(spec, result)
     return result
 
 
 def run_benchmark(argv):
-    """Run the benchmark described by ``argv`` (the command line without the program).
-
-    Returns ``(exit_status, output_dir, rows)``: 0 when every model ran, 1 when one failed.
-    Raises ``SystemExit(2)`` on bad flags and :class:`BenchmarkError` on a bad setup, both
-    before any model trains.
-    """
+    """Run the benchmark of ``argv``; returns ``(exit_status, output_dir, rows)``: 0 when every
+    model ran, 1 when one failed. Raises ``SystemExit(2)`` on bad flags and
+    :class:`BenchmarkError` on a bad setup, both before any model trains."""
     import recbole
     import torch
 
     import recbole_semprune
-    from recbole_semprune.benchmark.worker import TRAINED_FILE
+    from recbole_semprune.benchmark.worker import SPEC_VERSION, TRAINED_FILE
 
     args, global_overrides, model_overrides = parse_args(argv)
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"{args.dataset}-{now:%Y%m%d-%H%M%S}")
-    dirs = {m: os.path.join(output, m) for m in args.models}
-    specs = [model_spec(args, m, global_overrides, model_overrides, dirs[m]) for m in args.models]
+    steps = args.max_steps
+    budget = {"epochs": steps or args.epochs, "max_steps": steps, "eval_step": 1,
+              "stopping_step": (steps or args.epochs) + 1}  # a fixed budget: never stops early
+    specs = model_specs(
+        args, {**global_overrides, **budget}, model_overrides, version=SPEC_VERSION,
+        budget={"mode": "max_steps", "value": steps} if steps else {"mode": "epochs", "value": args.epochs},
+        eval_max_users=args.eval_max_users, valid=bool(args.valid), threads=args.threads,
+        report_keys=REPORT_KEYS, init_logger=not args.in_process)
+    for spec in specs:
+        model_dir = os.path.abspath(os.path.join(output, spec["model"]))
+        spec.update(result_path=os.path.join(model_dir, "result.json"),
+                    last_checkpoint=os.path.join(model_dir, "last.pth"))  # the trainer's resume state
     first = preflight(args, specs)
     if args.resume and not args.output:
         raise BenchmarkError("--resume needs the --output folder of the run to resume")
@@ -215,7 +172,7 @@ def run_benchmark(argv):
     }
     rows = []
     for index, spec in enumerate(specs, 1):
-        model, model_dir = spec["model"], dirs[spec["model"]]
+        model, model_dir = spec["model"], os.path.join(output, spec["model"])
         same = args.resume and read_json(os.path.join(model_dir, "spec.json")) == spec
         finished = read_json(spec["result_path"]) if same else None
         if finished is not None and finished.get("status") == "ok":
@@ -254,13 +211,4 @@ def run_benchmark(argv):
 
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 ok, 1 a model failed, 2 usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        with cli_logging():
-            status, output, _ = run_benchmark(argv)
-    except BenchmarkError as error:
-        print(f"{build_parser().prog}: error: {error}", file=sys.stderr)
-        return 2
-    with open(os.path.join(output, "results.md"), encoding="utf-8") as f:
-        sys.stdout.write(f.read())
-    return status
+    return run_command(PROG, lambda argv: run_benchmark(argv)[:2], argv, "results.md")

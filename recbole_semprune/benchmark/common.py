@@ -1,6 +1,6 @@
-"""What the benchmark's commands share: the model list (``LABEL=MODEL``), config overrides
-(``--KEY=VALUE``, ``--LABEL.KEY=VALUE``), a model's Config, the check before anything trains,
-their log lines and JSON files."""
+"""What the benchmark's commands and the checkpoint scripts share: the model list
+(``LABEL=MODEL``), config overrides (``--KEY=VALUE``, ``--LABEL.KEY=VALUE``), a model's Config,
+the check before anything trains, the command wrapper, thread settings and JSON files."""
 
 import argparse
 import contextlib
@@ -30,20 +30,15 @@ def positive_int(text):
 
 
 def add_model_arguments(parser):
-    """The flags every command has: dataset, models, data, config files, threads, baseline."""
-    parser.add_argument("--dataset", required=True, help="dataset name, e.g. ml-100k, amazon-beauty")
-    parser.add_argument(
-        "--models", required=True,
-        help="comma-separated model names (plugin or RecBole), e.g. SASRec,BERT4Rec,TIGER; "
-        "LABEL=MODEL runs MODEL under its own name LABEL, so one model can run in several "
-        "variants set by --LABEL.KEY=VALUE, e.g. SAP=STAMPSID --SAP.multistep_steps=0")
-    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (RecBole's data_path)")
-    parser.add_argument("--baseline", default=None, help="model of the *_ratio columns (default: the first)")
+    """The flags every benchmark command has (docs/benchmarks.md)."""
+    parser.add_argument("--dataset", required=True, help="dataset name, e.g. ml-100k")
+    parser.add_argument("--models", required=True, help="comma-separated MODEL or LABEL=MODEL "
+                        "(a variant set by --LABEL.KEY=VALUE)")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
+    parser.add_argument("--baseline", default=None, help="model of the ratios (default: the first)")
     parser.add_argument("--config_files", default=None, metavar='"A.yaml B.yaml"',
-                        help="config files for every model, space separated (as in RecBole)")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="torch intra-op threads of every model (default: torch's own choice); on "
-                        "a shared or oversubscribed CPU, --threads=1 gives steadier timings")
+                        help="config files for every model, space separated")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per model")
 
 
 def parse_models(parser, args):
@@ -95,32 +90,31 @@ def parse_overrides(parser, extra, labels, reserved=None, shared_keys=()):
     return shared, per_model
 
 
-@contextlib.contextmanager
-def clean_argv():
-    """Hide this process's command line from RecBole's Config (it parses every ``--k=v``)."""
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "recbole_semprune.benchmark"]
+def model_specs(args, shared, overrides, **spec):
+    """One spec per label: model, class, dataset, config files, config dict (``spec`` added)."""
+    data_path = {"data_path": args.data_path} if args.data_path is not None else {}
+    return [dict(model=m, model_class=args.model_classes[m], dataset=args.dataset,
+                 config_files=[os.path.abspath(f) for f in args.config_files],
+                 config_dict={**shared, **overrides[m], **data_path}, **spec) for m in args.models]
+
+
+def build_config(spec):
+    """The plugin Config of one model of a spec, with this process's command line hidden
+    (RecBole's Config parses every ``--k=v`` of ``sys.argv``)."""
+    from recbole_semprune.config import Config
+
+    saved, sys.argv = sys.argv, sys.argv[:1]
     try:
-        yield
+        return Config(model=spec.get("model_class", spec["model"]), dataset=spec["dataset"],
+                      config_file_list=spec.get("config_files") or None,
+                      config_dict=dict(spec.get("config_dict") or {}))
     finally:
         sys.argv = saved
 
 
-def build_config(spec):
-    """The plugin Config of one model of a spec (command line hidden, overrides as a dict)."""
-    from recbole_semprune.config import Config
-
-    with clean_argv():
-        return Config(model=spec.get("model_class", spec["model"]), dataset=spec["dataset"],
-                      config_file_list=spec.get("config_files") or None,
-                      config_dict=dict(spec.get("config_dict") or {}))
-
-
 def preflight(args, specs):
     """Resolve every model and config before anything trains; returns the first Config.
-
-    Raises :class:`BenchmarkError` with the library's message (unknown model, missing dataset,
-    unreadable config file)."""
+    Raises :class:`BenchmarkError` with the library's message."""
     from recbole_semprune.utils import DatasetError, UnknownModelError, check_dataset_files, get_model
 
     for model in args.model_classes.values():
@@ -144,9 +138,9 @@ def preflight(args, specs):
     return configs[0]
 
 
-@contextlib.contextmanager
-def cli_logging():
-    """The benchmark's own messages on stderr (``benchmark: ...``) while a command runs."""
+def run_command(prog, run, argv, table):
+    """A command's ``main``: ``run(argv)`` returns ``(status, output folder)``, with the
+    benchmark's messages on stderr; prints ``table`` of the output folder; 2 on a bad setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
     level, propagate = logger.level, logger.propagate
@@ -154,11 +148,60 @@ def cli_logging():
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        yield
+        status, output = run(list(sys.argv[1:] if argv is None else argv))
+    except BenchmarkError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+    with open(os.path.join(output, table), encoding="utf-8") as f:
+        sys.stdout.write(f.read())
+    return status
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch's intra-op threads set to ``threads`` (if given) and restored afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def checkpoint_parser(doc, files="model_file", exclude_seen=True, **files_kwargs):
+    """The parser of a checkpoint script: ``files``, ``--split``, ``--threads`` and (with
+    ``exclude_seen``) ``--exclude_seen`` (None: as saved)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument(files, **files_kwargs)
+    parser.add_argument("--split", choices=["test", "valid"], default="test")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    if exclude_seen:
+        parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
+                            help="set the history mask exclude_seen (default: the checkpoint's)")
+    return parser
+
+
+def parse_checkpoint_args(parser, argv):
+    """Parsed arguments; every checkpoint must exist; threads set; ``exclude_seen`` a bool or None."""
+    import torch
+
+    args = parser.parse_args(argv)
+    files = vars(args).get("checkpoints") or [vars(args).get("model_file")]
+    for path in files:
+        if not os.path.isfile(path):
+            parser.error(f"no checkpoint at {path}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if vars(args).get("exclude_seen") is not None:
+        args.exclude_seen = args.exclude_seen == "True"
+    return args
 
 
 def read_json(path):

@@ -1,33 +1,12 @@
 """Next-item latency and state bytes per user against history length:
-``python -m recbole_semprune.benchmark.latency``.
-
-    python -m recbole_semprune.benchmark.latency --dataset=ml-100k --models=DecoderOnlySID,Rec2PM \
-        --latency_lengths=50,200,500,1000,2000 [--KEY=VALUE ...] [--Model.KEY=VALUE ...]
-
-For every model of ``--models`` and every history length ``n``: how long one request of one
-user takes and how many bytes that user's serving state holds.
-
-- a **stateful** model (``init_state`` / ``update`` / ``recommend``: Rec2PM) keeps its state
-  between requests; a request is ``update(state, [new item])`` then ``recommend(state, k)``,
-  timed for ``segment_len`` consecutive requests after ``n`` items (every length of the
-  incomplete segment and one segment fold); the state is ``Rec2PMState.bytes_per_user``;
-- a **full-history SID model** (``generation_state``) reads the whole history at every request
-  (``full_sort_predict``: prefill of ``n x L`` tokens, then beam search); its state is the KV
-  cache of the history, measured after the prefill;
-- any other sequential model: ``full_sort_predict`` + top-k; state = ``2 x n_layers x n x
-  hidden_size`` floats when it has those sizes, else the history's item ids.
-
-Histories are synthetic; models are built from the same config as the benchmark's (dataset,
-codes, overrides) with ``MAX_ITEM_LIST_LENGTH`` raised to the longest length, untrained, and
-measured one after another in this process. Outputs in ``--output``: ``latency.csv``,
-``latency.md``, ``latency.json``, ``latency.png`` (with matplotlib); the section is also
-appended to a ``results.md`` already there (a training benchmark run with the same ``--output``).
-"""
+``python -m recbole_semprune.benchmark.latency`` (docs/rec2pm.md). Untrained models built from
+the benchmark's config (``MAX_ITEM_LIST_LENGTH`` raised to the longest length), synthetic
+histories; a stateful model (Rec2PM: ``init_state`` / ``update`` / ``recommend``) is timed over
+``segment_len`` consecutive requests, any other over ``full_sort_predict`` of the whole history."""
 
 import argparse
 import datetime
 import gc
-import json
 import os
 import shlex
 import statistics
@@ -37,11 +16,12 @@ from time import perf_counter
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    BenchmarkError, add_model_arguments, cli_logging, logger, parse_models, parse_overrides,
-    positive_int, preflight,
+    add_model_arguments, build_config, logger, model_specs, parse_models, parse_overrides,
+    positive_int, preflight, run_command, torch_threads, write_json,
 )
 
 COLUMNS = ["model"] + report.columns("latency")
+PROG = "python -m recbole_semprune.benchmark.latency"
 
 
 def _lengths(text):
@@ -56,7 +36,7 @@ def _lengths(text):
 
 def parse_args(argv):
     """``(namespace, global_overrides, {model: overrides})``; exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(prog="python -m recbole_semprune.benchmark.latency",
+    parser = argparse.ArgumentParser(prog=PROG,
                                      description=__doc__.split("\n")[0], allow_abbrev=False)
     add_model_arguments(parser)
     parser.add_argument("--latency_lengths", type=_lengths, default=[50, 200, 500, 1000, 2000],
@@ -72,34 +52,24 @@ def parse_args(argv):
 
 
 # ---- measuring one model ---------------------------------------------------------------------
-def _sync(device):
+def _timed(device, request):
     import torch
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(device, request):
-    _sync(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
+    sync(device)
     begin = perf_counter()
     request()
-    _sync(device)
+    sync(device)
     return perf_counter() - begin
 
 
 def tensor_bytes(value, keys=None):
     """Bytes of every tensor in a nest of dicts / lists (only dict entries named in ``keys``)."""
-    import torch
-
-    if torch.is_tensor(value):
+    if hasattr(value, "element_size"):
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        return sum(
-            tensor_bytes(v, keys) for k, v in value.items() if keys is None or k in keys
-        )
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(v, keys) for v in value)
-    return 0
+        return sum(tensor_bytes(v, keys) for k, v in value.items() if keys is None or k in keys)
+    return sum(tensor_bytes(v, keys) for v in value) if isinstance(value, (list, tuple)) else 0
 
 
 KV_KEYS = ("self_k", "self_v", "shared_k", "shared_v", "cross_k", "cross_v")
@@ -108,8 +78,7 @@ KV_KEYS = ("self_k", "self_v", "shared_k", "shared_v", "cross_k", "cross_v")
 def _synthetic_history(model, n, seed):
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(1, model.n_items, (1, n), generator=generator)
+    return torch.randint(1, model.n_items, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
 def measure_stateful(model, n, k, device):
@@ -162,26 +131,18 @@ def measure_full_history(model, n, k, repeats, device):
 
 def measure_model(spec, options, threads=None):
     """Latency rows of one model (one per history length) from its benchmark ``spec``."""
-    import torch
-
-    saved_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        with warnings.catch_warnings():
-            # RecBole's pandas deprecation warnings say nothing about latency
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
-            return _measure_model(spec, options)
-    finally:
-        torch.set_num_threads(saved_threads)
-        gc.collect()
+    with torch_threads(threads), warnings.catch_warnings():
+        # RecBole's pandas deprecation warnings say nothing about latency
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+        rows = _measure_model(spec, options)
+    gc.collect()
+    return rows
 
 
 def _measure_model(spec, options):
     import torch
     from recbole.utils import init_seed
 
-    from recbole_semprune.benchmark.common import build_config
     from recbole_semprune.utils import create_dataset, get_model
 
     config = build_config(spec)
@@ -201,24 +162,14 @@ def _measure_model(spec, options):
             if stateful:
                 times, state_bytes, kind = measure_stateful(model, n, options["k"], device)
             else:
-                times, state_bytes, kind = measure_full_history(
-                    model, n, options["k"], options["repeats"], device
-                )
-            row = {
-                "model": spec["model"],
-                "history_length": n,
-                "latency_ms": 1000 * statistics.mean(times),
-                "latency_max_ms": 1000 * max(times),
-                "requests": len(times),
-                "state_bytes": int(state_bytes),
-                "state_kind": kind,
-            }
-            logger.info(
-                "latency %s n=%d: %.2f ms/request (%d requests), state %s bytes/user",
-                spec["model"], n, row["latency_ms"], len(times), f"{row['state_bytes']:,}",
-            )
-            rows.append(row)
-    return rows, {"device": str(device), "torch_threads": torch.get_num_threads()}
+                times, state_bytes, kind = measure_full_history(model, n, options["k"],
+                                                                options["repeats"], device)
+            rows.append({"model": spec["model"], "history_length": n,
+                         "latency_ms": 1000 * statistics.mean(times), "latency_max_ms": 1000 * max(times),
+                         "requests": len(times), "state_bytes": int(state_bytes), "state_kind": kind})
+            logger.info("latency %s n=%d: %.2f ms/request (%d requests), state %s bytes/user",
+                        spec["model"], n, rows[-1]["latency_ms"], len(times), f"{int(state_bytes):,}")
+    return rows, {"device": str(device), "threads": torch.get_num_threads()}
 
 
 # ---- tables, plot and command --------------------------------------------------------------
@@ -231,31 +182,10 @@ def markdown(meta, rows):
         f"- history lengths: {', '.join(map(str, meta['lengths']))} (synthetic histories, one "
         f"user per request, top-{meta['k']}); baseline of the ratios: {meta['baseline']}",
         "- stateful models (Rec2PM): mean over `segment_len` consecutive requests, each "
-        "`update(state, [new item])` + `recommend(state, k)` after `n` items (one segment fold "
-        "among them; `latency_max_ms` is the slowest); full-history models: mean of "
-        f"{meta['repeats']} `full_sort_predict` calls over the whole `n`-item history (after one "
-        "warm-up)",
-        "- state: Rec2PM's state as stored (memory + tail and pending item ids + counters); a "
-        "full-history SID model's KV cache of the history (all layers, keys and values)", "",
+        "`update(state, [new item])` + `recommend(state, k)` after `n` items; full-history "
+        f"models: mean of {meta['repeats']} `full_sort_predict` calls after one warm-up",
+        "- state: Rec2PM's state as stored; a full-history SID model's KV cache of the history", "",
         report.markdown_table(COLUMNS, rows)]) + "\n"
-
-
-def write_plot(path, rows, title=None):
-    """Latency and state bytes against history length, one line per model (log-log).
-    Returns True when written, False (with a log line) without matplotlib."""
-    if not rows or (plt := report.pyplot(path)) is None:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, ax, label in (("latency_ms", axes[0], "next-item latency per user (ms)"),
-                           ("state_bytes", axes[1], "state per user (bytes)")):
-        for model in dict.fromkeys(r["model"] for r in rows):
-            mine = [r for r in rows if r["model"] == model]
-            ax.plot([r["history_length"] for r in mine], [r[key] for r in mine], marker="o", label=model)
-        ax.set(xscale="log", yscale="log", xlabel="history length (items)", title=label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    report.save_figure(plt, fig, path, title)
-    return True
 
 
 def run_latency(argv):
@@ -266,10 +196,7 @@ def run_latency(argv):
     args, global_overrides, model_overrides = parse_args(argv)
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"{args.dataset}-latency-{now:%Y%m%d-%H%M%S}")
-    shared = {**global_overrides, **({"data_path": args.data_path} if args.data_path else {})}
-    specs = [{"model": m, "model_class": args.model_classes[m], "dataset": args.dataset,
-              "config_files": [os.path.abspath(f) for f in args.config_files],
-              "config_dict": {**shared, **model_overrides[m]}} for m in args.models]
+    specs = model_specs(args, global_overrides, model_overrides)
     preflight(args, specs)
     options = {"lengths": args.latency_lengths, "repeats": args.latency_repeats, "k": args.latency_k}
     os.makedirs(output, exist_ok=True)
@@ -279,22 +206,26 @@ def run_latency(argv):
         model_rows, info = measure_model(spec, options, args.threads)
         rows += model_rows
     report.add_ratios(rows, lambda row: row["model"] == args.baseline, key=lambda row: row["history_length"])
-    meta = {"command": shlex.join(["python", "-m", "recbole_semprune.benchmark.latency", *argv]),
+    meta = {"command": shlex.join(PROG.split() + argv),
             "date": now.isoformat(timespec="seconds"), "dataset": args.dataset,
-            "models": args.models, "baseline": args.baseline, **options,
-            "device": info.get("device"), "threads": info.get("torch_threads"),
+            "models": args.models, "baseline": args.baseline, **options, **info,
             "torch_version": torch.__version__}
-    with open(os.path.join(output, "latency.json"), "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    write_json(os.path.join(output, "latency.json"), {"meta": meta, "rows": rows})
     report.write_csv(os.path.join(output, "latency.csv"), COLUMNS, rows)
     section = markdown(meta, rows)
-    with open(os.path.join(output, "latency.md"), "w", encoding="utf-8") as f:
-        f.write(section)
-    if os.path.exists(os.path.join(output, "results.md")):  # a benchmark's folder: one report
-        with open(os.path.join(output, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\n" + section)
+    for name, mode in (("latency.md", "w"), ("results.md", "a")):  # a benchmark's folder: one report
+        if mode == "w" or os.path.exists(os.path.join(output, name)):
+            with open(os.path.join(output, name), mode, encoding="utf-8") as f:
+                f.write(section if mode == "w" else "\n" + section)
+
+    def draw(axes, plt):  # log-log, one line per model
+        for ax, (key, label) in zip(axes, (("latency_ms", "next-item latency per user (ms)"),
+                                           ("state_bytes", "state per user (bytes)"))):
+            report.lines(ax, rows, "history_length", key)
+            ax.set(xscale="log", yscale="log", xlabel="history length (items)", title=label)
+
     title = f"{args.dataset}: latency and state vs history length"
-    if write_plot(os.path.join(output, "latency.png"), rows, title=title):
+    if rows and report.plot(os.path.join(output, "latency.png"), draw, title, ncols=2, figsize=(10, 3.8)):
         logger.info("plot: %s", os.path.join(output, "latency.png"))
     logger.info("latency: %s", os.path.abspath(output))
     return output, rows
@@ -302,18 +233,10 @@ def run_latency(argv):
 
 def main(argv=None):
     """``python -m recbole_semprune.benchmark.latency``; returns the exit status (2: usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        with cli_logging():
-            output, _ = run_latency(argv)
-    except BenchmarkError as error:
-        print(f"python -m recbole_semprune.benchmark.latency: error: {error}", file=sys.stderr)
-        return 2
+        return run_command(PROG, lambda argv: (0, run_latency(argv)[0]), argv, "latency.md")
     except SystemExit as exit_:  # argparse's usage error
         return exit_.code
-    with open(os.path.join(output, "latency.md"), encoding="utf-8") as f:
-        sys.stdout.write(f.read())
-    return 0
 
 
 if __name__ == "__main__":

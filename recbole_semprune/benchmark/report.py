@@ -110,10 +110,11 @@ def add_ratios(rows, is_baseline, key=lambda row: None):
     return rows
 
 
-def markdown_table(names, rows, cells=None):
-    """A GitHub markdown table of ``rows`` (dicts) over the columns ``names``."""
-    lines = ["| " + " | ".join(names) + " |",
-             "| " + " | ".join("---" if n in TEXT_COLUMNS else "---:" for n in names) + " |"]
+def markdown_table(names, rows, cells=None, heads=None, text=()):
+    """A GitHub markdown table of ``rows`` (dicts) over the columns ``names`` (headed ``heads``;
+    ``text``: left-aligned besides the text columns; ``cells(row)``: a row's cells)."""
+    lines = ["| " + " | ".join(heads or names) + " |",
+             "| " + " | ".join("---" if n in TEXT_COLUMNS or n in text else "---:" for n in names) + " |"]
     for row in rows:
         lines.append("| " + " | ".join(cells(row) if cells else [cell(n, row.get(n)) for n in names]) + " |")
     return "\n".join(lines)
@@ -246,9 +247,9 @@ def write_tables(output, meta, rows):
 
 
 # ---- plots -------------------------------------------------------------------------------------
-def pyplot(path):
-    """matplotlib's pyplot on the Agg backend, or None (with a log line naming ``path``, the
-    plot skipped) without matplotlib."""
+def plot(path, draw, title=None, **figure):
+    """``draw(ax or axes, plt)`` on a new matplotlib figure (Agg), titled and written to ``path``
+    (PNG). False, with a log line, without matplotlib (the plot skipped)."""
     try:
         import matplotlib
 
@@ -257,92 +258,86 @@ def pyplot(path):
     except ImportError:
         logger.info("matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
                     os.path.basename(path))
-        return None
-    return plt
-
-
-def save_figure(plt, fig, path, title=None):
-    """Title, lay out ``fig``, write it to ``path`` as a PNG and free it."""
+        return False
+    fig, ax = plt.subplots(**figure)
+    draw(ax, plt)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
+
+
+def scatter(ax, points, xlabel, ylabel):
+    """Labelled points ``(name, x, y)``."""
+    for name, x, y in points:
+        ax.scatter([x], [y], s=45, zorder=3)
+        ax.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+
+
+def lines(ax, rows, x, y, **style):
+    """One line per model of ``rows`` (``y`` against ``x``)."""
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        ax.plot([r[x] for r in mine], [r[y] for r in mine], marker="o", label=model, **style)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _accuracy_metric(ok):
     """The metric plots show: the validation metric when the results have it."""
-    metric = ok[0].get("valid_metric")
-    return metric if metric in (ok[0].get("test_result") or {}) else next(iter(ok[0].get("test_result") or {}), None)
+    tested = ok[0].get("test_result") or {}
+    return ok[0].get("valid_metric") if ok[0].get("valid_metric") in tested else next(iter(tested), None)
 
 
 def write_plot(path, rows, title=None):
-    """Bars of seconds/step, peak memory and the test metric per model; needs matplotlib.
-    Returns True when the PNG was written, False (with a log line) without matplotlib."""
+    """Bars of seconds/step, peak memory and the test metric per model (results.png)."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    if not ok or (plt := pyplot(path)) is None:
+    if not ok:
         return False
     metric = _accuracy_metric(ok)
     panels = [("train_seconds_per_step", "train s/step"), ("peak_memory_mb", "peak memory (MB)")]
     panels += [(metric, f"test {metric}")] if metric else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
-        values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
-        ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values], color="#4c72b0")
-        ax.set_title(label)
-        ax.tick_params(axis="x", rotation=30)
-    save_figure(plt, fig, path, title)
-    return True
+
+    def draw(axes, plt):
+        for ax, (key, label) in zip(axes[0], panels):
+            values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
+            ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values], color="#4c72b0")
+            ax.set_title(label)
+            ax.tick_params(axis="x", rotation=30)
+
+    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
 
 
-def write_tradeoff_plot(path, rows, title=None):
-    """Test accuracy against training seconds per epoch, one point per model (PNG)."""
+def write_plots(output, meta, rows):
+    """results.png, tradeoff.png (test accuracy against training seconds per epoch), curves.csv
+    and curves.png (every validation of every model); logs the plots written."""
+    title = f"{meta['dataset']}, {meta['budget']['mode']}={meta['budget']['value']}, seed {meta['seed']}"
+    written = {"results.png": write_plot(os.path.join(output, "results.png"), rows, title)}
     ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
     metric = _accuracy_metric(ok) if ok else None
     points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric)) for r in ok]
     points = [p for p in points if finite(p[1]) and finite(p[2])]
-    if not points or (plt := pyplot(path)) is None:
-        return False
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, seconds, value in points:
-        ax.scatter([seconds], [value], s=45, zorder=3)
-        ax.annotate(name, (seconds, value), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel="training seconds per epoch", ylabel=f"test {metric}")
-    ax.grid(alpha=0.3)
-    save_figure(plt, fig, path, title)
-    return True
-
-
-def write_curves(csv_path, png_path, rows, title=None):
-    """``curves.csv`` (every validation of every model) and the plot of the validation metric
-    per epoch. Returns whether the PNG was written; writes nothing without validations."""
-    points = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"], **p["result"]}
-              for r in rows for p in (r.get("valid_curve") or [])]
-    if not points:
-        return False
-    write_csv(csv_path, list(dict.fromkeys(k for p in points for k in p)), points)
+    if points:
+        written["tradeoff.png"] = plot(
+            os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
+                ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
+    curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"], **p["result"]}
+             for r in rows for p in (r.get("valid_curve") or [])]
     metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
-    if metric not in points[0] or (plt := pyplot(png_path)) is None:
-        return False
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for model in dict.fromkeys(p["model"] for p in points):
-        mine = [p for p in points if p["model"] == model]
-        ax.plot([p["epoch"] + 1 for p in mine], [p[metric] for p in mine], marker="o", label=model)
-    ax.set(xlabel="epoch", ylabel=f"validation {metric}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    save_figure(plt, fig, png_path, title)
-    return True
+    if curve:
+        write_csv(os.path.join(output, "curves.csv"), list(dict.fromkeys(k for p in curve for k in p)), curve)
+    if curve and metric in curve[0]:
+        for point in curve:
+            point["epochs"] = point["epoch"] + 1
 
+        def draw(ax, plt):
+            lines(ax, curve, "epochs", metric)
+            ax.set(xlabel="epoch", ylabel=f"validation {metric}")
 
-def write_plots(output, meta, rows):
-    """results.png, tradeoff.png, curves.csv / curves.png; logs the plots written."""
-    budget = meta["budget"]
-    title = f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
-    for name, written in (
-            ("results.png", write_plot(os.path.join(output, "results.png"), rows, title)),
-            ("tradeoff.png", write_tradeoff_plot(os.path.join(output, "tradeoff.png"), rows, title)),
-            ("curves.png", write_curves(os.path.join(output, "curves.csv"),
-                                        os.path.join(output, "curves.png"), rows, title))):
-        if written:
-            logger.info("plot: %s", os.path.join(output, name))
+        written["curves.png"] = plot(os.path.join(output, "curves.png"), draw, title, figsize=(6.5, 4.5))
+    for name in [name for name, done in written.items() if done]:
+        logger.info("plot: %s", os.path.join(output, name))

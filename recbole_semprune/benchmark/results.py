@@ -1,26 +1,8 @@
-"""Results mode: models trained to early stopping under one protocol, several seeds each.
-
-    python -m recbole_semprune.benchmark.results --dataset=amazon-beauty \\
-        --data_path=../shared/datasets --models=SASRec,TIGER,RASTP --seeds=2020,2021,2022 \\
-        --SASRec.seeds=2020 --size_preset=cpu --baseline=TIGER --output=results/amazon-beauty
-
-Every (model, seed) is one run of ``run_recbole_semprune`` (RecBole's early stopping on the
-validation metric, its best checkpoint tested) in a fresh process whose working folder is
-``<output>/<model>/seed-<seed>/`` (its ``log/`` and ``saved/`` are there). A run writes
-``result.json`` and ``positions.csv`` (each test user's target position with the history mask
-off and on) when it is done; the command is resumable per run and within one: a finished run is
-skipped while its settings are unchanged, an interrupted one continues from its last completed
-epoch (``resume``, :mod:`recbole_semprune.checkpoint`). After every run the tables are
-rewritten (``results.md``, ``results.csv``, ``results.json``, ``results.png``):
-
-- per model, test metrics as mean +- standard error over its seeds, with the history mask off
-  (the protocol) and on (``exclude_seen``: no item of the history is ranked; a decoding-only
-  setting, evaluated on the same checkpoints), epochs and training seconds to the best
-  validation epoch, seconds per epoch and peak memory;
-- paired per-user differences against ``--baseline`` over the seeds both ran
-  (:func:`recbole_semprune.analysis.pooled_difference`);
-- test NDCG@10 against training seconds to the best epoch (``results.png``).
-"""
+"""Results mode: models trained to early stopping under one protocol, several seeds each
+(``python -m recbole_semprune.benchmark.results``, docs/results.md). Every (model, seed) is one
+resumable run of ``run_recbole_semprune`` in a fresh process, in ``<output>/<model>/seed-<seed>/``;
+after every run the tables (mean +- standard error over the seeds, history mask off and on,
+paired per-user differences against ``--baseline``) and the plot are rewritten."""
 
 import argparse
 import csv
@@ -91,7 +73,8 @@ def run_one(spec, folder, threads=None):
     os.chdir(folder)
     saved = os.path.join(folder, "saved")
     resume = os.path.isdir(saved) and any(name.endswith("-last.pth") for name in os.listdir(saved))
-    config_dict = {**_typed(spec["config"]), "seed": spec["seed"], "checkpoint_dir": saved,
+    # values as on RecBole's command line: its Config reads "5" as 5, "[5,10]" as a list
+    config_dict = {**spec["config"], "seed": spec["seed"], "checkpoint_dir": saved,
                    "resume": resume, "show_progress": False}
     sys.argv = [sys.argv[0]]  # RecBole's Config reads the command line
     result = run_recbole_semprune(spec["model_class"], spec["dataset"], spec.get("config_files"),
@@ -121,19 +104,6 @@ def run_one(spec, folder, threads=None):
     })
 
 
-def _typed(config):
-    """Command-line values as RecBole reads them (``--epochs=5`` -> 5, ``[5,10]`` -> a list)."""
-    import ast
-
-    out = {}
-    for key, value in config.items():
-        try:
-            out[key] = ast.literal_eval(value) if isinstance(value, str) else value
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def summarise(result, positions):
     """One run's figures: test metrics with the mask off / on (from the per-user positions, the
     figures RecBole's evaluator averages), the best validation epoch, training epochs and
@@ -152,14 +122,10 @@ def summarise(result, positions):
     best = max(scored, key=lambda v: float(v["result"][metric]), default=None)
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
-    figures.update({
-        "epochs": len(epochs),
-        "best_epoch": best_epoch,
-        "seconds_to_best": sum(e["seconds"] for e in epochs
-                               if best_epoch is not None and e["epoch"] <= best_epoch),
-        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else math.nan,
-        "peak_memory_mb": max((e["peak_memory_mb"] for e in epochs), default=math.nan),
-    })
+    figures.update(epochs=len(epochs), best_epoch=best_epoch, seconds_to_best=sum(
+        e["seconds"] for e in epochs if best_epoch is not None and e["epoch"] <= best_epoch),
+        seconds_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
+        peak_memory_mb=max((e["peak_memory_mb"] for e in epochs), default=math.nan))
     return figures
 
 
@@ -174,13 +140,9 @@ def read_positions(path):
 
 def mean_se(values):
     values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, math.nan
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
 
 
 def collect(output, labels):
@@ -217,21 +179,17 @@ def paired_rows(runs, baseline):
     rows = []
     for label, seeds in runs.items():
         common = [seed for seed in seeds if seed in runs[baseline]]
-        if label == baseline or not common:
-            continue
-        for mask in MASKS:
+        for mask in MASKS if label != baseline and common else ():
             pairs = []
             for seed in common:
                 (_, users_a, pos_a), (_, users_b, pos_b) = seeds[seed], runs[baseline][seed]
                 if not torch.equal(users_a, users_b):
                     raise ValueError(f"{label} and {baseline} (seed {seed}) ranked other test users")
-                pairs.append((per_user_metrics(pos_a[mask], [5, 10]),
-                              per_user_metrics(pos_b[mask], [5, 10])))
-            for metric, a, b, diff, se in pooled_difference(pairs):
-                if metric in ("ndcg@10", "recall@10"):
-                    rows.append({"model": label, "mask": mask, "seeds": len(common),
-                                 "metric": metric, "model_value": a, "baseline_value": b,
-                                 "difference": diff, "se": se})
+                pairs.append([per_user_metrics(pos[mask], [5, 10]) for pos in (pos_a, pos_b)])
+            rows += [{"model": label, "mask": mask, "seeds": len(common), "metric": metric,
+                      "model_value": a, "baseline_value": b, "difference": diff, "se": se}
+                     for metric, a, b, diff, se in pooled_difference(pairs)
+                     if metric in ("ndcg@10", "recall@10")]
     return rows
 
 
@@ -241,62 +199,51 @@ def _cell(mean, se, digits=4):
     return f"{mean:.{digits}f}" + ("" if not math.isfinite(se) else f" ± {se:.{digits}f}")
 
 
-def write_tables(output, args, shared, overrides):
+def write_tables(output, args):
+    from recbole_semprune.analysis import difference_cells
+
     runs = collect(output, list(args.model_classes))
     rows, paired = model_rows(runs), paired_rows(runs, args.baseline)
-    command = "python -m recbole_semprune.benchmark.results " + " ".join(args.argv)
-    lines = [f"# Results: {args.dataset}", "", f"- command: `{command}`",
+    lines = [f"# Results: {args.dataset}", "",
+             f"- command: `python -m recbole_semprune.benchmark.results {' '.join(args.argv)}`",
              "- every run trained to RecBole's early stopping on the validation metric and tested "
              "on its best epoch; mean ± standard error over the seeds run so far", ""]
-    for mask in MASKS:
-        title = "history mask off (the protocol)" if mask == "off" else \
-            "history mask on (exclude_seen: no history item ranked)"
-        lines += [f"## Test, {title}", "",
-                  "| model | seeds | " + " | ".join(METRICS + tuple(report.COLUMNS[f].head for f in SHOWN)) + " |",
-                  "| --- | ---: |" + " ---: |" * (len(METRICS) + len(SHOWN))]
-        for row in rows:
-            cells = [_cell(row[f"{m}_mask_{mask}"], row[f"{m}_mask_{mask}_se"]) for m in METRICS]
-            cells += [_cell(row[f], row[f + "_se"], int(report.COLUMNS[f].fmt[0])) for f in SHOWN]
-            lines.append(f"| {row['model']} | {row['seeds']} | " + " | ".join(cells) + " |")
-        lines.append("")
+    names = ["model", "seeds", *METRICS, *SHOWN]
+    heads = [report.COLUMNS[n].head if n in SHOWN else n for n in names]
+    for mask, title in zip(MASKS, ("history mask off (the protocol)",
+                                   "history mask on (exclude_seen: no history item ranked)")):
+        def cells(row):
+            return [row["model"], str(row["seeds"])] + [
+                _cell(row[f"{m}_mask_{mask}"], row[f"{m}_mask_{mask}_se"]) for m in METRICS] + [
+                _cell(row[f], row[f + "_se"], int(report.COLUMNS[f].fmt[0])) for f in SHOWN]
+
+        lines += [f"## Test, {title}", "", report.markdown_table(names, rows, cells, heads), ""]
     lines += [f"## Paired per-user differences against {args.baseline}", "",
               "Each user's figure averaged over the seeds both ran, then the mean difference and "
               "its standard error over the users.", "",
-              "| model | mask | seeds | metric | model | baseline | difference | SE | diff / SE |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in paired:
-        ratio = f"{r['difference'] / r['se']:+.2f}" if r["se"] > 0 else "n/a"
-        lines.append(f"| {r['model']} | {r['mask']} | {r['seeds']} | {r['metric']} | "
-                     f"{r['model_value']:.4f} | {r['baseline_value']:.4f} | {r['difference']:+.4f} | "
-                     f"{r['se']:.4f} | {ratio} |")
+              report.markdown_table(
+                  ["model", "mask", "seeds", "metric", "a", "b", "d", "se", "r"], paired,
+                  lambda r: [r["model"], r["mask"], str(r["seeds"]), r["metric"], *difference_cells(
+                      r["model_value"], r["baseline_value"], r["difference"], r["se"])],
+                  ["model", "mask", "seeds", "metric", "model", "baseline", "difference", "SE",
+                   "diff / SE"], text=("mask", "metric"))]
     with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     if rows:
-        with open(os.path.join(output, "results.csv"), "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        report.write_csv(os.path.join(output, "results.csv"), list(rows[0]), rows)
     write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
-    plot(output, rows)
+    shown = [(r["model"], r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"], r["ndcg@10_mask_off_se"])
+             for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
+
+    def draw(ax, plt):
+        ax.errorbar([p[1] for p in shown], [p[2] for p in shown], fmt="none", capsize=3,
+                    yerr=[0 if math.isnan(p[3]) else p[3] for p in shown])
+        report.scatter(ax, [p[:3] for p in shown], "training hours to the best validation epoch",
+                       "test NDCG@10 (mask off)")
+
+    if shown:
+        report.plot(os.path.join(output, "results.png"), draw, figsize=(6, 4))
     return rows, paired
-
-
-def plot(output, rows):
-    path = os.path.join(output, "results.png")
-    rows = [r for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
-    plt = report.pyplot(path) if rows else None
-    if plt is None:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.errorbar(r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"],
-                    yerr=0 if math.isnan(r["ndcg@10_mask_off_se"]) else r["ndcg@10_mask_off_se"],
-                    fmt="o", capsize=3)
-        ax.annotate(r["model"], (r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("training hours to the best validation epoch")
-    ax.set_ylabel("test NDCG@10 (mask off)")
-    report.save_figure(plt, fig, path)
 
 
 def main(argv=None):
@@ -323,13 +270,12 @@ def main(argv=None):
             continue
         old = read_json(os.path.join(folder, SPEC_FILE))
         if old is not None and old != spec:  # other settings: start that run again
-            for name in (RESULT_FILE, POSITIONS_FILE):
-                if os.path.exists(os.path.join(folder, name)):
-                    os.remove(os.path.join(folder, name))
             saved = os.path.join(folder, "saved")
-            for name in os.listdir(saved) if os.path.isdir(saved) else []:
-                if name.endswith("-last.pth"):
-                    os.remove(os.path.join(saved, name))
+            for path in [os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE)] + [
+                    os.path.join(saved, n) for n in (os.listdir(saved) if os.path.isdir(saved) else [])
+                    if n.endswith("-last.pth")]:
+                if os.path.exists(path):
+                    os.remove(path)
         write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
         command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
@@ -340,8 +286,8 @@ def main(argv=None):
         if code:
             status = 1
             print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)
-        write_tables(args.output, args, shared, overrides)
-    write_tables(args.output, args, shared, overrides)
+        write_tables(args.output, args)
+    write_tables(args.output, args)
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as f:
         print(f.read())
     return status

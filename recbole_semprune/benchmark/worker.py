@@ -1,19 +1,7 @@
-"""One model of a benchmark: build, fit, evaluate; returns a JSON-able dict.
-
-The parent (:mod:`recbole_semprune.benchmark.cli`) runs every model in a fresh process::
-
-    python -m recbole_semprune.benchmark.worker SPEC.json
-
-which reads the spec, calls :func:`run_model` and writes the result next to it
-(``spec["result_path"]``). :func:`run_model` also works in-process (tests, ``--in_process``).
-
-The model, dataset, splits and trainer are built as a run builds them, with the budget in the
-config (``epochs``, or the trainer's step budget ``max_steps``; early stopping off), and
-trained by the trainer's own ``fit``; every training figure comes from what the plugin trainer
-records per epoch (``epoch_stats``) and per validation (``valid_stats``). The trainer writes
-its resume state to ``spec["last_checkpoint"]`` after every epoch; a worker that finds that
-file continues the interrupted model from it, and :func:`finish` removes it with the result.
-"""
+"""One model of a benchmark: build, fit, evaluate (``python -m recbole_semprune.benchmark.worker
+SPEC.json``, or :func:`run_model` in-process). Built as a run builds it, with the budget in the
+config; the figures come from the plugin trainer's ``epoch_stats`` / ``valid_stats``; the trainer
+writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`finish`)."""
 
 import hashlib
 import json
@@ -26,7 +14,7 @@ from time import perf_counter, process_time
 import numpy as np
 import torch
 
-from recbole_semprune.benchmark.common import build_config, read_json, write_json
+from recbole_semprune.benchmark.common import build_config, read_json, torch_threads, write_json
 from recbole_semprune.data.batching import LengthBucketBatchSampler, use_length_buckets
 
 SPEC_VERSION = 2
@@ -98,20 +86,9 @@ def epoch_figures(stats, budget, steps_per_epoch):
 
 def run_model(spec, on_trained=None):
     """Build, fit and evaluate ``spec["model"]``; returns the result dict (docs/benchmarks.md).
-
-    ``on_trained(result)``, if given, receives the training figures before evaluation starts,
-    so that a model whose evaluation fails still reports its training cost. ``spec``: ``model``
-    (a label), ``model_class``, ``dataset``, ``config_files``, ``config_dict`` (the budget in
-    it), ``budget``, ``eval_max_users``, ``valid``, ``threads``, ``report_keys``, ``init_logger``,
-    ``last_checkpoint``.
-    """
-    threads = torch.get_num_threads()
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    try:
+    ``on_trained(result)`` receives the training figures before evaluation starts."""
+    with torch_threads(spec.get("threads")):  # in-process runs keep the caller's setting
         return _run_model(spec, on_trained)
-    finally:
-        torch.set_num_threads(threads)  # in-process runs leave the caller's setting as it was
 
 
 def _run_model(spec, on_trained):
@@ -161,7 +138,8 @@ def _run_model(spec, on_trained):
         "recbole_version": recbole.__version__, "python_version": platform.python_version(),
         "trainer": f"{type(trainer).__module__}.{type(trainer).__name__}",
         "valid_metric": str(config["valid_metric"]).lower(),
-        "config": {key: _jsonable(config[key]) for key in sorted(reported) if key in config},
+        "config": json.loads(json.dumps({k: config[k] for k in sorted(reported) if k in config},
+                                        default=str)),
         "resumed_at_epoch": trainer.start_epoch if resume else None,
     }
     if trainer.valid_stats:
@@ -189,74 +167,45 @@ def _run_model(spec, on_trained):
     return result
 
 
-def training_flops(model, batches):
-    """FLOPs of one training step (loss forward + backward) of each batch, counted by
-    :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, attention, convolutions)."""
+def utilisation(model, train_data, figures, device, n_batches=2):
+    """The model's training FLOPs per second (FlopCounterMode over ``n_batches`` batches, x
+    steps / CPU seconds on CPU, wall seconds on GPU), the machine's dense float32 matmul rate
+    timed the same way (2048 x 2048 products for 2 s), and their ratio."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     counts = []
     model.train()
-    for batch in batches:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            loss = model.calculate_loss(batch)
+    for _, batch in zip(range(n_batches), train_data):
+        with FlopCounterMode(display=False) as counter:
+            loss = model.calculate_loss(batch.to(device))
             loss = sum(loss) if isinstance(loss, tuple) else loss
             if loss.requires_grad:
                 loss.backward()
         model.zero_grad(set_to_none=True)
         counts.append(counter.get_total_flops())
-    return counts
-
-
-def matmul_flops_per_second(device, size=2048, seconds=2.0):
-    """The machine's own dense float32 matmul rate (``size`` x ``size`` products, the model's
-    threads): per CPU second of this process on CPU (as the model's rate), per second on GPU."""
-    device = torch.device(device)
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    cuda = device.type == "cuda"
-    clock = perf_counter if cuda else process_time
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    torch.mm(a, b)
+    model_rate = float(np.mean(counts)) * figures["train_steps"] / figures[
+        "train_seconds" if cuda else "train_cpu_seconds"]
+    size, a = 2048, torch.randn(2048, 2048, device=device)
+    clock, sync = (perf_counter, lambda: torch.cuda.synchronize(device)) if cuda else (process_time, lambda: None)
+    torch.mm(a, a)
     sync()
     runs, begin, wall = 0, clock(), perf_counter()
-    while perf_counter() - wall < seconds:
-        torch.mm(a, b)
+    while perf_counter() - wall < 2.0:
+        torch.mm(a, a)
         runs += 1
     sync()
-    return 2 * size**3 * runs / (clock() - begin)
-
-
-def utilisation(model, train_data, figures, device, n_batches=2):
-    """The model's FLOPs per training second (mean FLOPs of ``n_batches`` training batches x
-    steps taken / CPU seconds on CPU, wall seconds on GPU), the dense matmul rate measured the
-    same way now, and their ratio."""
-    batches = []
-    for batch in train_data:
-        batches.append(batch.to(device))
-        if len(batches) == n_batches:
-            break
-    per_step = float(np.mean(training_flops(model, batches)))
-    seconds = figures["train_seconds" if torch.device(device).type == "cuda" else "train_cpu_seconds"]
-    model_rate = per_step * figures["train_steps"] / seconds
-    matmul_rate = matmul_flops_per_second(device)
-    return {"flops_per_step": per_step, "model_gflops_per_second": model_rate / 1e9,
+    matmul_rate = 2 * size**3 * runs / (clock() - begin)
+    return {"flops_per_step": float(np.mean(counts)), "model_gflops_per_second": model_rate / 1e9,
             "matmul_gflops_per_second": matmul_rate / 1e9, "utilisation": model_rate / matmul_rate}
 
 
 def _load_average():
-    """The machine's 1-minute load average (None where the OS has none)."""
     try:
         return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # no load average on this OS
         return None
-
-
-def _jsonable(value):
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)
 
 
 def finish(spec, result):
