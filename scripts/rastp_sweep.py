@@ -35,7 +35,7 @@ def _list(cast):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      epilog="Any other --KEY=VALUE is a config key for every point.")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--data_path", default="../shared/datasets")

@@ -136,6 +136,17 @@ def test_protected_tokens_are_always_kept():
     assert pruner.protected_tokens(positions, 2).tolist() == [[0, 0, 1, 1, 1, 1, 0, 0]]
 
 
+def test_prune_layer_is_checked_only_when_pruning():
+    """An unpruned stack of 1 layer (the sweep's unpruned point) accepts the default
+    prune_layer=2; the same setting with a scorer is refused, naming the range."""
+    options = dict(keep_ratio="1/3", keep_ratio_mode="fixed", prune_at_eval=True, protect_last=0,
+                   normalize_by_visible_queries=False, max_tokens=8, score_queries="real",
+                   attention_after_dropout=False)
+    assert not TokenPruner(1, prune_layer=2, scorer="none", **options).enabled
+    with pytest.raises(ValueError, match=r"prune_layer=2 must be an int in \[1, 1\]"):
+        TokenPruner(1, prune_layer=2, scorer="rastp", **options)
+
+
 # ---- scores ---------------------------------------------------------------------------
 def test_rastp_score_equals_a_hand_computation():
     torch.manual_seed(0)

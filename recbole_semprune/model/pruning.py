@@ -241,9 +241,10 @@ class TokenPruner:
                 f"unknown prune_scorer {scorer!r}: choose one of "
                 f"{', '.join(sorted(SCORERS) + [NO_PRUNING])}"
             )
-        validate.integer("prune_layer", prune_layer, 1, n_layers,
-                         f"(the number of layers run before pruning, of the {n_layers} layers "
-                         "of the pruned stack)")
+        if scorer != NO_PRUNING:  # prune_layer means nothing to an unpruned stack
+            validate.integer("prune_layer", prune_layer, 1, n_layers,
+                             f"(the number of layers run before pruning, of the {n_layers} "
+                             "layers of the pruned stack)")
         ratio = parse_keep_ratio(keep_ratio)
         validate.choice("keep_ratio_mode", keep_ratio_mode, KEEP_RATIO_MODES)
         if keep_ratio_mode == "fixed" and not (isinstance(max_tokens, int) and max_tokens > 0):
