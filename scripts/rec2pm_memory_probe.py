@@ -16,10 +16,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_semprune.analysis import per_user_metrics, positions_of  # noqa: E402
+from recbole_semprune.analysis import load_checkpoint, per_user_metrics, positions_of  # noqa: E402
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
 from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
-from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 
 
 class ProbeError(ValueError):
@@ -67,17 +66,16 @@ def permute_memories(state, seed=0):
 def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
     """Rows ``(users, n, memory spread, recall own, ndcg own, recall permuted, ndcg permuted)``
     for all users and for those with a folded segment (the permuted ones)."""
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    config, model, data = load_checkpoint(model_file, split)
     if not isinstance(model, Rec2PM):
         raise ProbeError(f"{model_file} holds a {type(model).__name__}, not a Rec2PM")
     if model.memory_mode != "overwrite":
         raise ProbeError("the probe permutes one C x d memory per user: memory_mode must be overwrite")
     if exclude_seen is None:
         exclude_seen = model.exclude_seen
-    model.eval()
     batch_size = config["eval_batch_size"]
     with torch.no_grad():
-        state, histories, targets = collect(model, valid_data if split == "valid" else test_data)
+        state, histories, targets = collect(model, data)
         own = rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size)
         shuffled, folded = permute_memories(state, seed)
         permuted = rank_metrics(model, shuffled, histories, targets, k, exclude_seen, batch_size)

@@ -64,66 +64,52 @@ def parse_args(argv):
     return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
 
 
-def _failed(model, error, tail="", trained=None):
-    """A failed row; with the training figures when the model failed after training."""
-    tail = "\n".join(tail.rstrip("\n").splitlines()[-25:])
-    if trained:
-        error = f"{error} (after training, during evaluation)"
-    return dict(trained or {}, model=model, status="failed", error=error, output_tail=tail)
+def run_worker(spec, model_dir, in_process=False):
+    """Run one model in a fresh interpreter (or this process: ``in_process``); its output goes to
+    ``worker.log`` (and stderr). Returns its result, or a failed row: with the training figures
+    when the model failed after training."""
+    from recbole_semprune.benchmark.worker import TRAINED_FILE, execute
 
-
-def run_subprocess(spec, model_dir):
-    """Run one model in a fresh interpreter; its output goes to ``worker.log`` (and stderr)."""
-    from recbole_semprune.benchmark.worker import TRAINED_FILE
-
-    log_path = os.path.join(model_dir, "worker.log")
-    # the folder that holds recbole_semprune/, so the worker imports this same copy
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    command = [sys.executable, "-m", "recbole_semprune.benchmark.worker",
-               os.path.join(model_dir, "spec.json")]
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env=env, text=True, errors="replace")
+    log_path, reason = os.path.join(model_dir, "worker.log"), None
+    if in_process:
         try:
-            for line in process.stdout:
-                log.write(line)
-                sys.stderr.write(f"[{spec['model']}] {line}")
-            code = process.wait()
-        except BaseException:  # Ctrl-C: stop our worker, then let the interruption through
-            process.kill()
-            process.wait()
-            raise
+            execute(spec)
+        except Exception as error:  # reported like a crashed worker; the others go on
+            reason = f"{type(error).__name__}: {error}"
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
+    else:
+        # the folder that holds recbole_semprune/, so the worker imports this same copy
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        command = [sys.executable, "-m", "recbole_semprune.benchmark.worker",
+                   os.path.join(model_dir, "spec.json")]
+        with open(log_path, "w", encoding="utf-8") as log:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       env=env, text=True, errors="replace")
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    sys.stderr.write(f"[{spec['model']}] {line}")
+                code = process.wait()
+            except BaseException:  # Ctrl-C: stop our worker, then let the interruption through
+                process.kill()
+                process.wait()
+                raise
+        if code:
+            reason = (f"worker exited with status {code}" if code > 0 else f"worker killed by "
+                      f"signal {-code}" + (" (out of memory?)" if code == -9 else ""))
+    result = None if reason else read_json(spec["result_path"])
+    if result:
+        return result
     with open(log_path, encoding="utf-8", errors="replace") as f:
-        output = f.read()
+        tail = "\n".join(f.read().rstrip("\n").splitlines()[-25:])
     trained = read_json(os.path.join(model_dir, TRAINED_FILE))
-    if code != 0:
-        reason = (f"worker killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
-                  if code < 0 else f"worker exited with status {code}")
-        return _failed(spec["model"], reason, output, trained)
-    result = read_json(spec["result_path"])
-    return result or _failed(spec["model"], "worker wrote no readable result", output, trained)
-
-
-def run_in_process(spec, model_dir):
-    from recbole_semprune.benchmark.worker import TRAINED_FILE, finish, run_model
-
-    trained = []
-
-    def on_trained(partial):
-        trained.append(partial)
-        write_json(os.path.join(model_dir, TRAINED_FILE), partial)
-
-    try:
-        result = run_model(spec, on_trained=on_trained)
-    except Exception as error:  # report it like a crashed worker and go on with the others
-        trace = traceback.format_exc()
-        with open(os.path.join(model_dir, "worker.log"), "w", encoding="utf-8") as f:
-            f.write(trace)
-        return _failed(spec["model"], f"{type(error).__name__}: {error}", trace, (trained or [None])[0])
-    finish(spec, result)
-    return result
+    reason = reason or "worker wrote no readable result"
+    if trained:
+        reason += " (after training, during evaluation)"
+    return dict(trained or {}, model=spec["model"], status="failed", error=reason, output_tail=tail)
 
 
 def run_benchmark(argv):
@@ -193,7 +179,7 @@ def run_benchmark(argv):
                 os.remove(path)
         logger.info("[%d/%d] %s%s", index, len(specs), model,
                     ": resumed from its last completed epoch" if resumable else "")
-        row = run_in_process(spec, model_dir) if args.in_process else run_subprocess(spec, model_dir)
+        row = run_worker(spec, model_dir, args.in_process)
         if row.get("status") != "ok":
             logger.error("%s failed: %s\n%s", model, row.get("error"), row.get("output_tail", ""))
             last = [line.strip() for line in row.get("output_tail", "").splitlines() if line.strip()]

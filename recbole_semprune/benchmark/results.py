@@ -65,7 +65,7 @@ def run_one(spec, folder, threads=None):
     import torch
     from recbole.utils import init_seed
 
-    from recbole_semprune.analysis import set_exclude_seen, target_positions, topk_list
+    from recbole_semprune.analysis import rank_targets, topk_list
     from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 
     if threads:
@@ -83,10 +83,8 @@ def run_one(spec, folder, threads=None):
     kmax = max(topk_list(config))
     columns = {}
     for mask in MASKS:
-        set_exclude_seen(model, config, mask == "on")
         init_seed(config["seed"], config["reproducibility"])
-        with torch.no_grad():
-            position, _, users = target_positions(model.eval(), test_data, kmax, mask == "on")
+        position, _, users = rank_targets(model, config, test_data, mask == "on")
         columns[mask] = dict(zip(users.tolist(), position.tolist()))
     users = sorted(columns["off"])
     with open(POSITIONS_FILE + ".tmp", "w", encoding="utf-8") as f:

@@ -1,7 +1,7 @@
 """One model of a benchmark: build, fit, evaluate (``python -m recbole_semprune.benchmark.worker
 SPEC.json``, or :func:`run_model` in-process). Built as a run builds it, with the budget in the
 config; the figures come from the plugin trainer's ``epoch_stats`` / ``valid_stats``; the trainer
-writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`finish`)."""
+writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`execute`)."""
 
 import hashlib
 import json
@@ -208,9 +208,12 @@ def _load_average():
         return None
 
 
-def finish(spec, result):
-    """Writes the model's result, then removes its resume state (nothing left to resume)."""
-    write_json(spec["result_path"], result)
+def execute(spec):
+    """Runs the model of ``spec``: its training figures to ``trained.json`` before evaluation,
+    then its result; then removes its resume state (nothing left to resume)."""
+    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
+    write_json(spec["result_path"],
+               run_model(spec, on_trained=lambda partial: write_json(trained_path, partial)))
     if spec.get("last_checkpoint") and os.path.exists(spec["last_checkpoint"]):
         os.remove(spec["last_checkpoint"])
 
@@ -225,8 +228,7 @@ def main(argv=None):
         return 2
     # RecBole's pandas / torch.cuda.amp deprecation warnings say nothing about the benchmark
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
-    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
-    finish(spec, run_model(spec, on_trained=lambda partial: write_json(trained_path, partial)))
+    execute(spec)
     return 0
 
 
