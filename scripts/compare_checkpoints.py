@@ -18,6 +18,7 @@ from recbole_semprune.analysis import (  # noqa: E402
     difference_cells, load_checkpoint, per_user_metrics, pooled_difference, rank_targets, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 
 
 class CompareError(ValueError):
@@ -62,10 +63,9 @@ def compare_runs(pairs, split="test", exclude_seen=None):
 
 
 def markdown(name_a, name_b, users, rows):
-    return "\n".join([f"A = {name_a}, B = {name_b}, {users} users", "",
-                      "| metric | A | B | A - B | standard error | (A - B) / SE |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
-                     + [f"| {m} | " + " | ".join(difference_cells(*values)) + " |" for m, *values in rows])
+    return f"A = {name_a}, B = {name_b}, {users} users\n\n" + markdown_table(
+        ["metric", "A", "B", "A - B", "standard error", "(A - B) / SE"], rows,
+        lambda row: [row[0], *difference_cells(*row[1:])], text=["metric"])
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ from recbole_semprune.analysis import (  # noqa: E402
     load_checkpoint, per_user_metrics, rank_targets, set_exclude_seen, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
@@ -118,16 +119,15 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
 
 def markdown(rows):
     metrics = list(rows[0][2])
-    lines = ["| variant | eval s | " + " | ".join(metrics) + " |", "| --- | ---: |" + " ---: |" * len(metrics)]
-    lines += [f"| {text} | {seconds:.1f} | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |"
-              for text, seconds, result, _ in rows]
+    tables = [markdown_table(["variant", "eval s", *metrics], rows, lambda r: [
+        r[0], f"{r[1]:.1f}", *(f"{r[2][m]:.4f}" for m in metrics)], text=["variant"])]
     if rows[0][3]:
-        names = list(rows[0][3][0][2])
-        lines += ["", "| variant | history length | users | " + " | ".join(names) + " |",
-                  "| --- | --- | ---: |" + " ---: |" * len(names)]
-        lines += [f"| {text} | {name} | {users} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |"
-                  for text, _, _, groups in rows for name, users, values in groups]
-    return "\n".join(lines)
+        names, groups = list(rows[0][3][0][2]), [(r[0], *g) for r in rows for g in r[3]]
+        tables.append(markdown_table(
+            ["variant", "history length", "users", *names], groups,
+            lambda g: [g[0], g[1], str(g[2]), *(f"{g[3][m]:.4f}" for m in names)],
+            text=["variant", "history length"]))
+    return "\n\n".join(tables)
 
 
 def main(argv=None):

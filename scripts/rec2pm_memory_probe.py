@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import load_checkpoint, per_user_metrics, positions_of  # noqa: E402
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
 
 
@@ -90,13 +91,11 @@ def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
 
 
 def markdown(rows, k, exclude_seen):
-    head = (f"| users | n | memory spread | Recall@{k} own | NDCG@{k} own | Recall@{k} permuted "
-            f"| NDCG@{k} permuted |")
-    lines = [f"exclude_seen={exclude_seen}", "", head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, n, spread, *values in rows:
-        spread_text = "" if math.isnan(spread) else f"{spread:.4f}"
-        lines.append(f"| {name} | {n} | {spread_text} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
-    return "\n".join(lines)
+    names = ["users", "n", "memory spread", f"Recall@{k} own", f"NDCG@{k} own",
+             f"Recall@{k} permuted", f"NDCG@{k} permuted"]
+    return f"exclude_seen={exclude_seen}\n\n" + markdown_table(names, rows, lambda row: [
+        row[0], str(row[1]), "" if math.isnan(row[2]) else f"{row[2]:.4f}",
+        *(f"{v:.4f}" for v in row[3:])], text=["users"])
 
 
 def main(argv=None):

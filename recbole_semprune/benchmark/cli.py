@@ -12,7 +12,7 @@ import traceback
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    BenchmarkError, add_model_arguments, logger, model_specs, parse_models, parse_overrides,
+    add_model_arguments, logger, model_specs, parse_models, parse_overrides,
     positive_int, preflight, read_json, run_command, write_json,
 )
 
@@ -60,6 +60,8 @@ def parse_args(argv):
     if any(arg.split("=", 1)[0].startswith("--latency") for arg in extra):
         parser.error(f"latency has its own command: {PROG}.latency (the same model flags; "
                      "--output of this run appends it to results.md)")
+    if args.resume and not args.output:
+        parser.error("--resume needs the --output folder of the run to resume")
     parse_models(parser, args)
     return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
 
@@ -106,9 +108,12 @@ def run_worker(spec, model_dir, in_process=False):
     with open(log_path, encoding="utf-8", errors="replace") as f:
         tail = "\n".join(f.read().rstrip("\n").splitlines()[-25:])
     trained = read_json(os.path.join(model_dir, TRAINED_FILE))
-    reason = reason or "worker wrote no readable result"
-    if trained:
-        reason += " (after training, during evaluation)"
+    reason = (reason or "worker wrote no readable result") + (
+        " (after training, during evaluation)" if trained else "")
+    logger.error("%s failed: %s\n%s", spec["model"], reason, tail)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    if last not in reason:
+        reason += f": {last}"
     return dict(trained or {}, model=spec["model"], status="failed", error=reason, output_tail=tail)
 
 
@@ -125,21 +130,18 @@ def run_benchmark(argv):
     args, global_overrides, model_overrides = parse_args(argv)
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"{args.dataset}-{now:%Y%m%d-%H%M%S}")
-    steps = args.max_steps
-    budget = {"epochs": steps or args.epochs, "max_steps": steps, "eval_step": 1,
-              "stopping_step": (steps or args.epochs) + 1}  # a fixed budget: never stops early
+    steps = args.max_steps or args.epochs
+    budget = {"epochs": steps, "max_steps": args.max_steps, "eval_step": 1,
+              "stopping_step": steps + 1}  # a fixed budget: never stops early
     specs = model_specs(
         args, {**global_overrides, **budget}, model_overrides, version=SPEC_VERSION,
-        budget={"mode": "max_steps", "value": steps} if steps else {"mode": "epochs", "value": args.epochs},
+        budget={"mode": "max_steps" if args.max_steps else "epochs", "value": steps},
         eval_max_users=args.eval_max_users, valid=bool(args.valid), threads=args.threads,
         report_keys=REPORT_KEYS, init_logger=not args.in_process)
-    for spec in specs:
-        model_dir = os.path.abspath(os.path.join(output, spec["model"]))
-        spec.update(result_path=os.path.join(model_dir, "result.json"),
-                    last_checkpoint=os.path.join(model_dir, "last.pth"))  # the trainer's resume state
+    for spec in specs:  # its result, and the trainer's resume state
+        spec.update({key: os.path.abspath(os.path.join(output, spec["model"], name)) for key, name
+                     in (("result_path", "result.json"), ("last_checkpoint", "last.pth"))})
     first = preflight(args, specs)
-    if args.resume and not args.output:
-        raise BenchmarkError("--resume needs the --output folder of the run to resume")
     os.makedirs(output, exist_ok=True)
     meta = {
         "command": shlex.join(["python", "-m", "recbole_semprune.benchmark", *argv]),
@@ -152,39 +154,31 @@ def run_benchmark(argv):
         "global_overrides": dict(global_overrides),
         "model_overrides": {m: dict(o) for m, o in model_overrides.items()},
         "in_process": args.in_process, "torch_version": torch.__version__,
-        "recbole_version": recbole.__version__,
+        "recbole_version": recbole.__version__, "python_version": sys.version.split()[0],
         "recbole_semprune_version": recbole_semprune.__version__,
-        "python_version": sys.version.split()[0],
     }
     rows = []
     for index, spec in enumerate(specs, 1):
         model, model_dir = spec["model"], os.path.join(output, spec["model"])
         same = args.resume and read_json(os.path.join(model_dir, "spec.json")) == spec
-        finished = read_json(spec["result_path"]) if same else None
-        if finished is not None and finished.get("status") == "ok":
+        row = read_json(spec["result_path"]) if same else None
+        if row is not None and row.get("status") == "ok":
             logger.info("[%d/%d] %s: finished in an earlier run with the same settings, reused",
                         index, len(specs), model)
-            rows.append(dict(finished, config_overrides=spec["config_dict"]))
-            report.write_tables(output, meta, rows)
-            continue
-        resumable = same and os.path.exists(spec["last_checkpoint"])
-        os.makedirs(model_dir, exist_ok=True)
-        write_json(os.path.join(model_dir, "spec.json"), spec)
-        write_json(os.path.join(model_dir, "overrides.json"), {
-            "config_files": spec["config_files"], "global": dict(global_overrides),
-            "model": dict(model_overrides[model]), "config_dict": spec["config_dict"]})
-        for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
-                [] if resumable else [spec["last_checkpoint"]]):
-            if os.path.exists(path):
-                os.remove(path)
-        logger.info("[%d/%d] %s%s", index, len(specs), model,
-                    ": resumed from its last completed epoch" if resumable else "")
-        row = run_worker(spec, model_dir, args.in_process)
-        if row.get("status") != "ok":
-            logger.error("%s failed: %s\n%s", model, row.get("error"), row.get("output_tail", ""))
-            last = [line.strip() for line in row.get("output_tail", "").splitlines() if line.strip()]
-            if last and last[-1] not in row["error"]:
-                row["error"] = f"{row['error']}: {last[-1]}"
+        else:
+            resumable = same and os.path.exists(spec["last_checkpoint"])
+            os.makedirs(model_dir, exist_ok=True)
+            write_json(os.path.join(model_dir, "spec.json"), spec)
+            write_json(os.path.join(model_dir, "overrides.json"), {
+                "config_files": spec["config_files"], "global": dict(global_overrides),
+                "model": dict(model_overrides[model]), "config_dict": spec["config_dict"]})
+            for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
+                    [] if resumable else [spec["last_checkpoint"]]):
+                if os.path.exists(path):
+                    os.remove(path)
+            logger.info("[%d/%d] %s%s", index, len(specs), model,
+                        ": resumed from its last completed epoch" if resumable else "")
+            row = run_worker(spec, model_dir, args.in_process)
         rows.append(dict(row, config_overrides=spec["config_dict"]))
         report.write_tables(output, meta, rows)  # after every model: a run stopped early keeps them
     report.write_plots(output, meta, rows)
