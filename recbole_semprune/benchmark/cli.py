@@ -30,7 +30,8 @@ REPORT_KEYS = ["seed", "data_path", "train_batch_size", "eval_batch_size", "lear
 PROG = "python -m recbole_semprune.benchmark"
 
 
-def build_parser():
+def parse_args(argv):
+    """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False,
         description="Train and evaluate several models under one protocol; results.csv / .md.",
@@ -50,12 +51,6 @@ def build_parser():
                         help="reuse finished models of --output, continue an interrupted one")
     parser.add_argument("--in_process", action="store_true",
                         help="run the models in this process (tests, debugging)")
-    return parser
-
-
-def parse_args(argv):
-    """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
-    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if any(arg.split("=", 1)[0].startswith("--latency") for arg in extra):
         parser.error(f"latency has its own command: {PROG}.latency (the same model flags; "
