@@ -27,6 +27,27 @@ def set_exclude_seen(model, config, value):
         model.exclude_seen = value
 
 
+def load_checkpoint(model_file, split="test"):
+    """``(config, model, data)`` of a saved checkpoint: the model in eval mode, ``data`` the
+    loader of its ``split`` ("test" or "valid")."""
+    from recbole_semprune.quick_start import load_data_and_model
+
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    return config, model.eval(), valid_data if split == "valid" else test_data
+
+
+def rank_targets(model, config, data, exclude_seen=None):
+    """:func:`target_positions` of ``data`` over the config's largest ``topk``, with the history
+    mask ``exclude_seen`` set first (None: the config's own), without gradients."""
+    from recbole_semprune.trainer import exclude_seen as read_exclude_seen
+
+    if exclude_seen is not None:
+        set_exclude_seen(model, config, exclude_seen)
+    with torch.no_grad():
+        return target_positions(model.eval(), data, max(topk_list(config)),
+                                read_exclude_seen(config))
+
+
 def target_positions(model, data, kmax, exclude_seen=False):
     """Ranks every row of ``data`` (a full-sort eval loader) by ``model.full_sort_predict``, as
     RecBole's evaluator does (padding item last; with ``exclude_seen``, the history items too,

@@ -15,12 +15,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
-    difference_cells, per_user_metrics, pooled_difference, set_exclude_seen, target_positions,
-    topk_list,
+    difference_cells, load_checkpoint, per_user_metrics, pooled_difference, rank_targets, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
-from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
-from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 
 
 class CompareError(ValueError):
@@ -29,12 +27,8 @@ class CompareError(ValueError):
 
 def ranked_users(model_file, split, exclude_seen):
     """``(model name, topk, positions [N], user ids [N])`` of one checkpoint, rows by user id."""
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
-    if exclude_seen is not None:
-        set_exclude_seen(model, config, exclude_seen)
-    with torch.no_grad():
-        position, _, users = target_positions(model.eval(), valid_data if split == "valid" else test_data,
-                                              max(topk_list(config)), read_exclude_seen(config))
+    config, model, data = load_checkpoint(model_file, split)
+    position, _, users = rank_targets(model, config, data, exclude_seen)
     order = torch.argsort(users)
     return config["model"], topk_list(config), position[order], users[order]
 
@@ -69,10 +63,9 @@ def compare_runs(pairs, split="test", exclude_seen=None):
 
 
 def markdown(name_a, name_b, users, rows):
-    return "\n".join([f"A = {name_a}, B = {name_b}, {users} users", "",
-                      "| metric | A | B | A - B | standard error | (A - B) / SE |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
-                     + [f"| {m} | " + " | ".join(difference_cells(*values)) + " |" for m, *values in rows])
+    return f"A = {name_a}, B = {name_b}, {users} users\n\n" + markdown_table(
+        ["metric", "A", "B", "A - B", "standard error", "(A - B) / SE"], rows,
+        lambda row: [row[0], *difference_cells(*row[1:])], text=["metric"])
 
 
 def main(argv=None):

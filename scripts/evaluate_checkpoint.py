@@ -19,10 +19,10 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
-    per_user_metrics, set_exclude_seen, target_positions, topk_list,
+    load_checkpoint, per_user_metrics, rank_targets, set_exclude_seen, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
-from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: E402
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
@@ -100,11 +100,10 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
     """``[(variant text, seconds, metrics, rows by length or None)]``, one per variant."""
     parsed = [(text, parse_variant(text)) for text in variants]  # fail before loading
     bounds = parse_groups(length_groups) if length_groups else None
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    config, model, data = load_checkpoint(model_file, split)
     saved = {key: getattr(model, key) for key in INFERENCE_KEYS if hasattr(model, key)}
     saved["exclude_seen"] = read_exclude_seen(config)  # every model's, in its config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    data = valid_data if split == "valid" else test_data
     rows = []
     for text, settings in parsed:
         apply_variant(model, config, {**saved, **settings})
@@ -112,25 +111,23 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         with torch.no_grad():
             result = trainer.evaluate(data, load_best_model=False, show_progress=False)
             seconds = time.perf_counter() - start
-            groups = bounds and metrics_by_length(*target_positions(
-                model.eval(), data, max(topk_list(config)), read_exclude_seen(config))[:2],
-                bounds, topk_list(config))
+        groups = bounds and metrics_by_length(*rank_targets(model, config, data)[:2], bounds,
+                                              topk_list(config))
         rows.append((text or "(as saved)", seconds, result, groups))
     return rows
 
 
 def markdown(rows):
     metrics = list(rows[0][2])
-    lines = ["| variant | eval s | " + " | ".join(metrics) + " |", "| --- | ---: |" + " ---: |" * len(metrics)]
-    lines += [f"| {text} | {seconds:.1f} | " + " | ".join(f"{result[m]:.4f}" for m in metrics) + " |"
-              for text, seconds, result, _ in rows]
+    tables = [markdown_table(["variant", "eval s", *metrics], rows, lambda r: [
+        r[0], f"{r[1]:.1f}", *(f"{r[2][m]:.4f}" for m in metrics)], text=["variant"])]
     if rows[0][3]:
-        names = list(rows[0][3][0][2])
-        lines += ["", "| variant | history length | users | " + " | ".join(names) + " |",
-                  "| --- | --- | ---: |" + " ---: |" * len(names)]
-        lines += [f"| {text} | {name} | {users} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |"
-                  for text, _, _, groups in rows for name, users, values in groups]
-    return "\n".join(lines)
+        names, groups = list(rows[0][3][0][2]), [(r[0], *g) for r in rows for g in r[3]]
+        tables.append(markdown_table(
+            ["variant", "history length", "users", *names], groups,
+            lambda g: [g[0], g[1], str(g[2]), *(f"{g[3][m]:.4f}" for m in names)],
+            text=["variant", "history length"]))
+    return "\n\n".join(tables)
 
 
 def main(argv=None):

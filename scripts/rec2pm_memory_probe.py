@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recbole_semprune.analysis import per_user_metrics, positions_of  # noqa: E402
+from recbole_semprune.analysis import load_checkpoint, per_user_metrics, positions_of  # noqa: E402
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
+from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
 from recbole_semprune.model.rec2pm import Rec2PM, Rec2PMState  # noqa: E402
-from recbole_semprune.quick_start import load_data_and_model  # noqa: E402
 
 
 class ProbeError(ValueError):
@@ -67,17 +67,16 @@ def permute_memories(state, seed=0):
 def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
     """Rows ``(users, n, memory spread, recall own, ndcg own, recall permuted, ndcg permuted)``
     for all users and for those with a folded segment (the permuted ones)."""
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    config, model, data = load_checkpoint(model_file, split)
     if not isinstance(model, Rec2PM):
         raise ProbeError(f"{model_file} holds a {type(model).__name__}, not a Rec2PM")
     if model.memory_mode != "overwrite":
         raise ProbeError("the probe permutes one C x d memory per user: memory_mode must be overwrite")
     if exclude_seen is None:
         exclude_seen = model.exclude_seen
-    model.eval()
     batch_size = config["eval_batch_size"]
     with torch.no_grad():
-        state, histories, targets = collect(model, valid_data if split == "valid" else test_data)
+        state, histories, targets = collect(model, data)
         own = rank_metrics(model, state, histories, targets, k, exclude_seen, batch_size)
         shuffled, folded = permute_memories(state, seed)
         permuted = rank_metrics(model, shuffled, histories, targets, k, exclude_seen, batch_size)
@@ -92,13 +91,11 @@ def probe(model_file, split="test", k=10, exclude_seen=None, seed=0):
 
 
 def markdown(rows, k, exclude_seen):
-    head = (f"| users | n | memory spread | Recall@{k} own | NDCG@{k} own | Recall@{k} permuted "
-            f"| NDCG@{k} permuted |")
-    lines = [f"exclude_seen={exclude_seen}", "", head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, n, spread, *values in rows:
-        spread_text = "" if math.isnan(spread) else f"{spread:.4f}"
-        lines.append(f"| {name} | {n} | {spread_text} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
-    return "\n".join(lines)
+    names = ["users", "n", "memory spread", f"Recall@{k} own", f"NDCG@{k} own",
+             f"Recall@{k} permuted", f"NDCG@{k} permuted"]
+    return f"exclude_seen={exclude_seen}\n\n" + markdown_table(names, rows, lambda row: [
+        row[0], str(row[1]), "" if math.isnan(row[2]) else f"{row[2]:.4f}",
+        *(f"{v:.4f}" for v in row[3:])], text=["users"])
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import traceback
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    BenchmarkError, add_model_arguments, logger, model_specs, parse_models, parse_overrides,
+    add_model_arguments, logger, model_specs, parse_models, parse_overrides,
     positive_int, preflight, read_json, run_command, write_json,
 )
 
@@ -30,7 +30,8 @@ REPORT_KEYS = ["seed", "data_path", "train_batch_size", "eval_batch_size", "lear
 PROG = "python -m recbole_semprune.benchmark"
 
 
-def build_parser():
+def parse_args(argv):
+    """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False,
         description="Train and evaluate several models under one protocol; results.csv / .md.",
@@ -50,80 +51,65 @@ def build_parser():
                         help="reuse finished models of --output, continue an interrupted one")
     parser.add_argument("--in_process", action="store_true",
                         help="run the models in this process (tests, debugging)")
-    return parser
-
-
-def parse_args(argv):
-    """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
-    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if any(arg.split("=", 1)[0].startswith("--latency") for arg in extra):
         parser.error(f"latency has its own command: {PROG}.latency (the same model flags; "
                      "--output of this run appends it to results.md)")
+    if args.resume and not args.output:
+        parser.error("--resume needs the --output folder of the run to resume")
     parse_models(parser, args)
     return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
 
 
-def _failed(model, error, tail="", trained=None):
-    """A failed row; with the training figures when the model failed after training."""
-    tail = "\n".join(tail.rstrip("\n").splitlines()[-25:])
-    if trained:
-        error = f"{error} (after training, during evaluation)"
-    return dict(trained or {}, model=model, status="failed", error=error, output_tail=tail)
+def run_worker(spec, model_dir, in_process=False):
+    """Run one model in a fresh interpreter (or this process: ``in_process``); its output goes to
+    ``worker.log`` (and stderr). Returns its result, or a failed row: with the training figures
+    when the model failed after training."""
+    from recbole_semprune.benchmark.worker import TRAINED_FILE, execute
 
-
-def run_subprocess(spec, model_dir):
-    """Run one model in a fresh interpreter; its output goes to ``worker.log`` (and stderr)."""
-    from recbole_semprune.benchmark.worker import TRAINED_FILE
-
-    log_path = os.path.join(model_dir, "worker.log")
-    # the folder that holds recbole_semprune/, so the worker imports this same copy
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    command = [sys.executable, "-m", "recbole_semprune.benchmark.worker",
-               os.path.join(model_dir, "spec.json")]
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env=env, text=True, errors="replace")
+    log_path, reason = os.path.join(model_dir, "worker.log"), None
+    if in_process:
         try:
-            for line in process.stdout:
-                log.write(line)
-                sys.stderr.write(f"[{spec['model']}] {line}")
-            code = process.wait()
-        except BaseException:  # Ctrl-C: stop our worker, then let the interruption through
-            process.kill()
-            process.wait()
-            raise
+            execute(spec)
+        except Exception as error:  # reported like a crashed worker; the others go on
+            reason = f"{type(error).__name__}: {error}"
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
+    else:
+        # the folder that holds recbole_semprune/, so the worker imports this same copy
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        command = [sys.executable, "-m", "recbole_semprune.benchmark.worker",
+                   os.path.join(model_dir, "spec.json")]
+        with open(log_path, "w", encoding="utf-8") as log:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       env=env, text=True, errors="replace")
+            try:
+                for line in process.stdout:
+                    log.write(line)
+                    sys.stderr.write(f"[{spec['model']}] {line}")
+                code = process.wait()
+            except BaseException:  # Ctrl-C: stop our worker, then let the interruption through
+                process.kill()
+                process.wait()
+                raise
+        if code:
+            reason = (f"worker exited with status {code}" if code > 0 else f"worker killed by "
+                      f"signal {-code}" + (" (out of memory?)" if code == -9 else ""))
+    result = None if reason else read_json(spec["result_path"])
+    if result:
+        return result
     with open(log_path, encoding="utf-8", errors="replace") as f:
-        output = f.read()
+        tail = "\n".join(f.read().rstrip("\n").splitlines()[-25:])
     trained = read_json(os.path.join(model_dir, TRAINED_FILE))
-    if code != 0:
-        reason = (f"worker killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")
-                  if code < 0 else f"worker exited with status {code}")
-        return _failed(spec["model"], reason, output, trained)
-    result = read_json(spec["result_path"])
-    return result or _failed(spec["model"], "worker wrote no readable result", output, trained)
-
-
-def run_in_process(spec, model_dir):
-    from recbole_semprune.benchmark.worker import TRAINED_FILE, finish, run_model
-
-    trained = []
-
-    def on_trained(partial):
-        trained.append(partial)
-        write_json(os.path.join(model_dir, TRAINED_FILE), partial)
-
-    try:
-        result = run_model(spec, on_trained=on_trained)
-    except Exception as error:  # report it like a crashed worker and go on with the others
-        trace = traceback.format_exc()
-        with open(os.path.join(model_dir, "worker.log"), "w", encoding="utf-8") as f:
-            f.write(trace)
-        return _failed(spec["model"], f"{type(error).__name__}: {error}", trace, (trained or [None])[0])
-    finish(spec, result)
-    return result
+    reason = (reason or "worker wrote no readable result") + (
+        " (after training, during evaluation)" if trained else "")
+    logger.error("%s failed: %s\n%s", spec["model"], reason, tail)
+    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+    if last not in reason:
+        reason += f": {last}"
+    return dict(trained or {}, model=spec["model"], status="failed", error=reason, output_tail=tail)
 
 
 def run_benchmark(argv):
@@ -139,21 +125,18 @@ def run_benchmark(argv):
     args, global_overrides, model_overrides = parse_args(argv)
     now = datetime.datetime.now()
     output = args.output or os.path.join("bench_out", f"{args.dataset}-{now:%Y%m%d-%H%M%S}")
-    steps = args.max_steps
-    budget = {"epochs": steps or args.epochs, "max_steps": steps, "eval_step": 1,
-              "stopping_step": (steps or args.epochs) + 1}  # a fixed budget: never stops early
+    steps = args.max_steps or args.epochs
+    budget = {"epochs": steps, "max_steps": args.max_steps, "eval_step": 1,
+              "stopping_step": steps + 1}  # a fixed budget: never stops early
     specs = model_specs(
         args, {**global_overrides, **budget}, model_overrides, version=SPEC_VERSION,
-        budget={"mode": "max_steps", "value": steps} if steps else {"mode": "epochs", "value": args.epochs},
+        budget={"mode": "max_steps" if args.max_steps else "epochs", "value": steps},
         eval_max_users=args.eval_max_users, valid=bool(args.valid), threads=args.threads,
         report_keys=REPORT_KEYS, init_logger=not args.in_process)
-    for spec in specs:
-        model_dir = os.path.abspath(os.path.join(output, spec["model"]))
-        spec.update(result_path=os.path.join(model_dir, "result.json"),
-                    last_checkpoint=os.path.join(model_dir, "last.pth"))  # the trainer's resume state
+    for spec in specs:  # its result, and the trainer's resume state
+        spec.update({key: os.path.abspath(os.path.join(output, spec["model"], name)) for key, name
+                     in (("result_path", "result.json"), ("last_checkpoint", "last.pth"))})
     first = preflight(args, specs)
-    if args.resume and not args.output:
-        raise BenchmarkError("--resume needs the --output folder of the run to resume")
     os.makedirs(output, exist_ok=True)
     meta = {
         "command": shlex.join(["python", "-m", "recbole_semprune.benchmark", *argv]),
@@ -166,39 +149,31 @@ def run_benchmark(argv):
         "global_overrides": dict(global_overrides),
         "model_overrides": {m: dict(o) for m, o in model_overrides.items()},
         "in_process": args.in_process, "torch_version": torch.__version__,
-        "recbole_version": recbole.__version__,
+        "recbole_version": recbole.__version__, "python_version": sys.version.split()[0],
         "recbole_semprune_version": recbole_semprune.__version__,
-        "python_version": sys.version.split()[0],
     }
     rows = []
     for index, spec in enumerate(specs, 1):
         model, model_dir = spec["model"], os.path.join(output, spec["model"])
         same = args.resume and read_json(os.path.join(model_dir, "spec.json")) == spec
-        finished = read_json(spec["result_path"]) if same else None
-        if finished is not None and finished.get("status") == "ok":
+        row = read_json(spec["result_path"]) if same else None
+        if row is not None and row.get("status") == "ok":
             logger.info("[%d/%d] %s: finished in an earlier run with the same settings, reused",
                         index, len(specs), model)
-            rows.append(dict(finished, config_overrides=spec["config_dict"]))
-            report.write_tables(output, meta, rows)
-            continue
-        resumable = same and os.path.exists(spec["last_checkpoint"])
-        os.makedirs(model_dir, exist_ok=True)
-        write_json(os.path.join(model_dir, "spec.json"), spec)
-        write_json(os.path.join(model_dir, "overrides.json"), {
-            "config_files": spec["config_files"], "global": dict(global_overrides),
-            "model": dict(model_overrides[model]), "config_dict": spec["config_dict"]})
-        for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
-                [] if resumable else [spec["last_checkpoint"]]):
-            if os.path.exists(path):
-                os.remove(path)
-        logger.info("[%d/%d] %s%s", index, len(specs), model,
-                    ": resumed from its last completed epoch" if resumable else "")
-        row = run_in_process(spec, model_dir) if args.in_process else run_subprocess(spec, model_dir)
-        if row.get("status") != "ok":
-            logger.error("%s failed: %s\n%s", model, row.get("error"), row.get("output_tail", ""))
-            last = [line.strip() for line in row.get("output_tail", "").splitlines() if line.strip()]
-            if last and last[-1] not in row["error"]:
-                row["error"] = f"{row['error']}: {last[-1]}"
+        else:
+            resumable = same and os.path.exists(spec["last_checkpoint"])
+            os.makedirs(model_dir, exist_ok=True)
+            write_json(os.path.join(model_dir, "spec.json"), spec)
+            write_json(os.path.join(model_dir, "overrides.json"), {
+                "config_files": spec["config_files"], "global": dict(global_overrides),
+                "model": dict(model_overrides[model]), "config_dict": spec["config_dict"]})
+            for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
+                    [] if resumable else [spec["last_checkpoint"]]):
+                if os.path.exists(path):
+                    os.remove(path)
+            logger.info("[%d/%d] %s%s", index, len(specs), model,
+                        ": resumed from its last completed epoch" if resumable else "")
+            row = run_worker(spec, model_dir, args.in_process)
         rows.append(dict(row, config_overrides=spec["config_dict"]))
         report.write_tables(output, meta, rows)  # after every model: a run stopped early keeps them
     report.write_plots(output, meta, rows)

@@ -140,7 +140,8 @@ def preflight(args, specs):
 
 def run_command(prog, run, argv, table):
     """A command's ``main``: ``run(argv)`` returns ``(status, output folder)``, with the
-    benchmark's messages on stderr; prints ``table`` of the output folder; 2 on a bad setup."""
+    benchmark's messages on stderr; prints ``table`` of the output folder; 2 on bad flags or
+    setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
     level, propagate = logger.level, logger.propagate
@@ -152,6 +153,8 @@ def run_command(prog, run, argv, table):
     except BenchmarkError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse's usage error
+        return exit_.code
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -233,10 +233,7 @@ def run_latency(argv):
 
 def main(argv=None):
     """``python -m recbole_semprune.benchmark.latency``; returns the exit status (2: usage)."""
-    try:
-        return run_command(PROG, lambda argv: (0, run_latency(argv)[0]), argv, "latency.md")
-    except SystemExit as exit_:  # argparse's usage error
-        return exit_.code
+    return run_command(PROG, lambda argv: (0, run_latency(argv)[0]), argv, "latency.md")
 
 
 if __name__ == "__main__":

@@ -128,9 +128,11 @@ def write_csv(path, names, rows):
 
 
 # ---- the benchmark's results -----------------------------------------------------------------
-def metric_names(rows, key="test_result", prefix=""):
-    """RecBole's metric keys (``recall@5``, ...) in the order RecBole reports them."""
-    return list(dict.fromkeys(prefix + k for row in rows for k in row.get(key) or {}))
+def metric_columns(rows):
+    """RecBole's test metric keys (``recall@5``, ...) in the order it reports them, then the
+    validation ones (``valid_recall@5``, ...)."""
+    return list(dict.fromkeys([k for row in rows for k in row.get("test_result") or {}]
+                              + [f"valid_{k}" for row in rows for k in row.get("valid_result") or {}]))
 
 
 def flat_rows(rows, baseline):
@@ -143,18 +145,9 @@ def flat_rows(rows, baseline):
     return add_ratios(flat, lambda row: row["model"] == baseline)
 
 
-def csv_columns(rows):
-    return (columns("cost") + metric_names(rows) + metric_names(rows, "valid_result", "valid_")
-            + columns("ratio") + columns("md", "extra"))
-
-
-def md_columns(rows):
-    return columns("cost", "md", "ratio") + metric_names(rows) + metric_names(rows, "valid_result", "valid_")
-
-
 def results_table(rows, baseline):
     """The results table (one line per model, failed models included)."""
-    names = md_columns(rows)
+    names = columns("cost", "md", "ratio") + metric_columns(rows)
 
     def cells(flat):
         values = [cell(n, flat.get(n)) for n in names]
@@ -225,7 +218,7 @@ def markdown_report(meta, rows):
         if overrides:
             lines.append(f"- overrides for {who}: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
     lines += ["", results_table(rows, meta["baseline"]), "", "Columns:", ""]
-    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in md_columns([]) if COLUMNS[n].text]
+    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio") if COLUMNS[n].text]
     lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on a "
                  "shared CPU read ratios, not absolute times.")
     if len({r["eval_users_fingerprint"] for r in rows if r.get("status") == "ok"}) > 1:
@@ -241,7 +234,8 @@ def write_tables(output, meta, rows):
     """results.json, results.csv and results.md of the models run so far."""
     with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    write_csv(os.path.join(output, "results.csv"), csv_columns(rows), flat_rows(rows, meta["baseline"]))
+    names = columns("cost") + metric_columns(rows) + columns("ratio") + columns("md", "extra")
+    write_csv(os.path.join(output, "results.csv"), names, flat_rows(rows, meta["baseline"]))
     with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
         f.write(markdown_report(meta, rows))
 

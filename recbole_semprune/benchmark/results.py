@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-from collections import OrderedDict
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
@@ -50,13 +49,12 @@ def parse_args(argv):
 
 def run_spec(args, label, seed, shared, overrides):
     """What one run is: everything that changes its result (compared on resume)."""
-    config_dict = OrderedDict(shared)
-    config_dict.update(overrides[label])
+    config_dict = {**shared, **overrides[label]}
     if args.data_path is not None:
         config_dict["data_path"] = os.path.abspath(args.data_path)
     files = {"config_files": [os.path.abspath(f) for f in args.config_files]} if args.config_files else {}
     return {"model": label, "model_class": args.model_classes[label], "dataset": args.dataset,
-            "seed": seed, "config": dict(config_dict), **files}
+            "seed": seed, "config": config_dict, **files}
 
 
 def run_one(spec, folder, threads=None):
@@ -65,7 +63,7 @@ def run_one(spec, folder, threads=None):
     import torch
     from recbole.utils import init_seed
 
-    from recbole_semprune.analysis import set_exclude_seen, target_positions, topk_list
+    from recbole_semprune.analysis import rank_targets, topk_list
     from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 
     if threads:
@@ -83,10 +81,8 @@ def run_one(spec, folder, threads=None):
     kmax = max(topk_list(config))
     columns = {}
     for mask in MASKS:
-        set_exclude_seen(model, config, mask == "on")
         init_seed(config["seed"], config["reproducibility"])
-        with torch.no_grad():
-            position, _, users = target_positions(model.eval(), test_data, kmax, mask == "on")
+        position, _, users = rank_targets(model, config, test_data, mask == "on")
         columns[mask] = dict(zip(users.tolist(), position.tolist()))
     users = sorted(columns["off"])
     with open(POSITIONS_FILE + ".tmp", "w", encoding="utf-8") as f:
@@ -147,9 +143,9 @@ def mean_se(values):
 
 def collect(output, labels):
     """``{label: {seed: (result, users, positions)}}`` of the finished runs."""
-    runs = OrderedDict()
+    runs = {}
     for label in labels:
-        runs[label] = OrderedDict()
+        runs[label] = {}
         folder = os.path.join(output, label)
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
             result = read_json(os.path.join(folder, name, RESULT_FILE))
@@ -269,13 +265,11 @@ def main(argv=None):
             print(f"[{label} seed {seed}] done", flush=True)
             continue
         old = read_json(os.path.join(folder, SPEC_FILE))
-        if old is not None and old != spec:  # other settings: start that run again
-            saved = os.path.join(folder, "saved")
-            for path in [os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE)] + [
-                    os.path.join(saved, n) for n in (os.listdir(saved) if os.path.isdir(saved) else [])
-                    if n.endswith("-last.pth")]:
-                if os.path.exists(path):
-                    os.remove(path)
+        saved = os.path.join(folder, "saved")
+        for path in [RESULT_FILE, POSITIONS_FILE] + [os.path.join("saved", name) for name in (
+                os.listdir(saved) if os.path.isdir(saved) else []) if name.endswith("-last.pth")]:
+            if old is not None and old != spec and os.path.exists(os.path.join(folder, path)):
+                os.remove(os.path.join(folder, path))  # other settings: start that run again
         write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
         command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",

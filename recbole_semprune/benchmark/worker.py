@@ -1,7 +1,7 @@
 """One model of a benchmark: build, fit, evaluate (``python -m recbole_semprune.benchmark.worker
-SPEC.json``, or :func:`run_model` in-process). Built as a run builds it, with the budget in the
+SPEC.json``, or :func:`execute` in-process). Built as a run builds it, with the budget in the
 config; the figures come from the plugin trainer's ``epoch_stats`` / ``valid_stats``; the trainer
-writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`finish`)."""
+writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`execute`)."""
 
 import hashlib
 import json
@@ -84,14 +84,9 @@ def epoch_figures(stats, budget, steps_per_epoch):
     return figures
 
 
-def run_model(spec, on_trained=None):
+def run_model(spec, on_trained):
     """Build, fit and evaluate ``spec["model"]``; returns the result dict (docs/benchmarks.md).
     ``on_trained(result)`` receives the training figures before evaluation starts."""
-    with torch_threads(spec.get("threads")):  # in-process runs keep the caller's setting
-        return _run_model(spec, on_trained)
-
-
-def _run_model(spec, on_trained):
     import recbole
     from recbole.utils import init_logger, init_seed
 
@@ -147,8 +142,7 @@ def _run_model(spec, on_trained):
                   "result": {k: float(x) for k, x in v["result"].items()}} for v in trainer.valid_stats]
         result.update(valid_seconds=sum(v["seconds"] for v in trainer.valid_stats),
                       valid_result=curve[-1]["result"], valid_curve=curve)
-    if on_trained is not None:
-        on_trained(dict(result))
+    on_trained(dict(result))
 
     eval_loader, users = first_users_loader(test_data, spec.get("eval_max_users"))
     with PeakMemory(config["device"]) as eval_memory:
@@ -208,8 +202,12 @@ def _load_average():
         return None
 
 
-def finish(spec, result):
-    """Writes the model's result, then removes its resume state (nothing left to resume)."""
+def execute(spec):
+    """Runs the model of ``spec``: its training figures to ``trained.json`` before evaluation,
+    then its result; then removes its resume state (nothing left to resume)."""
+    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
+    with torch_threads(spec.get("threads")):  # in-process runs keep the caller's setting
+        result = run_model(spec, lambda partial: write_json(trained_path, partial))
     write_json(spec["result_path"], result)
     if spec.get("last_checkpoint") and os.path.exists(spec["last_checkpoint"]):
         os.remove(spec["last_checkpoint"])
@@ -225,8 +223,7 @@ def main(argv=None):
         return 2
     # RecBole's pandas / torch.cuda.amp deprecation warnings say nothing about the benchmark
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
-    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
-    finish(spec, run_model(spec, on_trained=lambda partial: write_json(trained_path, partial)))
+    execute(spec)
     return 0
 
 
