@@ -1,13 +1,11 @@
 """The benchmark's tables and plots. Every column is declared once, in :data:`COLUMNS`."""
 
 import csv
-import json
-import logging
 import math
 import os
 from collections import namedtuple
 
-logger = logging.getLogger("recbole_semprune.benchmark")
+from recbole_semprune.benchmark.common import logger, write_json, write_text
 
 # kind: "cost" (results.md and the head of results.csv), "md" (results.md, tail of results.csv),
 # "extra" (tail of results.csv), "ratio" (results.md and .csv), "latency" (latency.csv/.md),
@@ -127,7 +125,6 @@ def write_csv(path, names, rows):
         writer.writerows({k: "" if row.get(k) is None else row[k] for k in names} for row in rows)
 
 
-# ---- the benchmark's results -----------------------------------------------------------------
 def metric_columns(rows):
     """RecBole's test metric keys (``recall@5``, ...) in the order it reports them, then the
     validation ones (``valid_recall@5``, ...)."""
@@ -232,15 +229,12 @@ def markdown_report(meta, rows):
 
 def write_tables(output, meta, rows):
     """results.json, results.csv and results.md of the models run so far."""
-    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    write_json(os.path.join(output, "results.json"), {"meta": meta, "rows": rows})
     names = columns("cost") + metric_columns(rows) + columns("ratio") + columns("md", "extra")
     write_csv(os.path.join(output, "results.csv"), names, flat_rows(rows, meta["baseline"]))
-    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_report(meta, rows))
+    write_text(os.path.join(output, "results.md"), markdown_report(meta, rows))
 
 
-# ---- plots -------------------------------------------------------------------------------------
 def plot(path, draw, title=None, **figure):
     """``draw(ax or axes, plt)`` on a new matplotlib figure (Agg), titled and written to ``path``
     (PNG). False, with a log line, without matplotlib (the plot skipped)."""
@@ -250,8 +244,8 @@ def plot(path, draw, title=None, **figure):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info("matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
-                    os.path.basename(path))
+        logger.info("matplotlib is not installed: skipping %s (pip install "
+                    "'recbole-semprune[plot]')", os.path.basename(path))
         return False
     fig, ax = plt.subplots(**figure)
     draw(ax, plt)
@@ -260,6 +254,7 @@ def plot(path, draw, title=None, **figure):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    logger.info("plot: %s", path)
     return True
 
 
@@ -272,11 +267,11 @@ def scatter(ax, points, xlabel, ylabel):
     ax.grid(alpha=0.3)
 
 
-def lines(ax, rows, x, y, **style):
+def lines(ax, rows, x, y):
     """One line per model of ``rows`` (``y`` against ``x``)."""
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        ax.plot([r[x] for r in mine], [r[y] for r in mine], marker="o", label=model, **style)
+        ax.plot([r[x] for r in mine], [r[y] for r in mine], marker="o", label=model)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
 
@@ -284,7 +279,8 @@ def lines(ax, rows, x, y, **style):
 def _accuracy_metric(ok):
     """The metric plots show: the validation metric when the results have it."""
     tested = ok[0].get("test_result") or {}
-    return ok[0].get("valid_metric") if ok[0].get("valid_metric") in tested else next(iter(tested), None)
+    metric = ok[0].get("valid_metric")
+    return metric if metric in tested else next(iter(tested), None)
 
 
 def write_plot(path, rows, title=None):
@@ -299,31 +295,35 @@ def write_plot(path, rows, title=None):
     def draw(axes, plt):
         for ax, (key, label) in zip(axes[0], panels):
             values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
-            ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values], color="#4c72b0")
+            ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values],
+                   color="#4c72b0")
             ax.set_title(label)
             ax.tick_params(axis="x", rotation=30)
 
-    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2),
+                squeeze=False)
 
 
 def write_plots(output, meta, rows):
     """results.png, tradeoff.png (test accuracy against training seconds per epoch), curves.csv
-    and curves.png (every validation of every model); logs the plots written."""
-    title = f"{meta['dataset']}, {meta['budget']['mode']}={meta['budget']['value']}, seed {meta['seed']}"
-    written = {"results.png": write_plot(os.path.join(output, "results.png"), rows, title)}
+    and curves.png (every validation of every model)."""
+    budget = meta["budget"]
+    title = f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
+    write_plot(os.path.join(output, "results.png"), rows, title)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
     metric = _accuracy_metric(ok) if ok else None
-    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric)) for r in ok]
+    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric))
+              for r in ok]
     points = [p for p in points if finite(p[1]) and finite(p[2])]
     if points:
-        written["tradeoff.png"] = plot(
-            os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
-                ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
-    curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"], **p["result"]}
-             for r in rows for p in (r.get("valid_curve") or [])]
+        plot(os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
+            ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
+    curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"],
+              **p["result"]} for r in rows for p in (r.get("valid_curve") or [])]
     metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
     if curve:
-        write_csv(os.path.join(output, "curves.csv"), list(dict.fromkeys(k for p in curve for k in p)), curve)
+        write_csv(os.path.join(output, "curves.csv"),
+                  list(dict.fromkeys(k for p in curve for k in p)), curve)
     if curve and metric in curve[0]:
         for point in curve:
             point["epochs"] = point["epoch"] + 1
@@ -332,6 +332,4 @@ def write_plots(output, meta, rows):
             lines(ax, curve, "epochs", metric)
             ax.set(xlabel="epoch", ylabel=f"validation {metric}")
 
-        written["curves.png"] = plot(os.path.join(output, "curves.png"), draw, title, figsize=(6.5, 4.5))
-    for name in [name for name, done in written.items() if done]:
-        logger.info("plot: %s", os.path.join(output, name))
+        plot(os.path.join(output, "curves.png"), draw, title, figsize=(6.5, 4.5))

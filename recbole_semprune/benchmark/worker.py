@@ -1,7 +1,5 @@
-"""One model of a benchmark: build, fit, evaluate (``python -m recbole_semprune.benchmark.worker
-SPEC.json``, or :func:`execute` in-process). Built as a run builds it, with the budget in the
-config; the figures come from the plugin trainer's ``epoch_stats`` / ``valid_stats``; the trainer
-writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`execute`)."""
+"""One model of a benchmark, built as a run builds it (the budget in its config), fitted and
+evaluated: ``python -m recbole_semprune.benchmark.worker SPEC.json``, or :func:`execute`."""
 
 import hashlib
 import json
@@ -98,14 +96,16 @@ def run_model(spec, on_trained):
     if spec.get("init_logger"):
         init_logger(config)
     last_file = spec.get("last_checkpoint")
-    resume = (last_file, load_resume_state(last_file, config)) if last_file and os.path.exists(last_file) else None
+    resume = None
+    if last_file and os.path.exists(last_file):
+        resume = (last_file, load_resume_state(last_file, config))
     init_seed(config["seed"], config["reproducibility"])
     start = perf_counter()
     _, train_data, valid_data, test_data, model, trainer = _build(config, resume=resume)
     build_seconds = perf_counter() - start
     if not hasattr(trainer, "epoch_stats"):
-        raise RuntimeError(f"{spec['model']} trains with {type(trainer).__name__}, outside RecBole's "
-                           "Trainer family: it records no per-epoch figures to time it by")
+        raise RuntimeError(f"{spec['model']} trains with {type(trainer).__name__}, outside "
+                           "RecBole's Trainer family: it records no per-epoch figures to time it by")
     trainer.last_checkpoint_file, trainer.progress_seconds = last_file, PROGRESS_SECONDS
 
     with PeakMemory(config["device"]) as before:  # an empty window: memory held before training
@@ -124,8 +124,7 @@ def run_model(spec, on_trained):
         "model": spec["model"], "model_class": spec.get("model_class", spec["model"]),
         "status": "trained", "dataset": config["dataset"], "budget": spec["budget"],
         "params": sum(p.numel() for p in model.parameters()), "steps_per_epoch": len(train_data),
-        **figures,
-        "memory_before_train_mb": before.peak_mb,
+        **figures, "memory_before_train_mb": before.peak_mb,
         "load_average": [load_start, _load_average()],  # 1-min load at the start / end of training
         "cpu_count": os.cpu_count(), "build_seconds": build_seconds, "epoch_stats": stats,
         "seed": config["seed"], "device": str(device), "device_name": device_name(device),
@@ -139,7 +138,8 @@ def run_model(spec, on_trained):
     }
     if trainer.valid_stats:
         curve = [{"epoch": v["epoch"], "train_seconds": v["train_seconds"],
-                  "result": {k: float(x) for k, x in v["result"].items()}} for v in trainer.valid_stats]
+                  "result": {k: float(x) for k, x in v["result"].items()}}
+                 for v in trainer.valid_stats]
         result.update(valid_seconds=sum(v["seconds"] for v in trainer.valid_stats),
                       valid_result=curve[-1]["result"], valid_curve=curve)
     on_trained(dict(result))
@@ -147,7 +147,8 @@ def run_model(spec, on_trained):
     eval_loader, users = first_users_loader(test_data, spec.get("eval_max_users"))
     with PeakMemory(config["device"]) as eval_memory:
         begin = perf_counter()
-        test_result = trainer.evaluate(eval_loader, load_best_model=False, show_progress=config["show_progress"])
+        test_result = trainer.evaluate(eval_loader, load_best_model=False,
+                                       show_progress=config["show_progress"])
         eval_seconds = perf_counter() - begin
     tokens = test_data._dataset.id2token(test_data._dataset.uid_field, users)
     result.update({
