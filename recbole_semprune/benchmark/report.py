@@ -111,11 +111,10 @@ def add_ratios(rows, is_baseline, key=lambda row: None):
 def markdown_table(names, rows, cells=None, heads=None, text=()):
     """A GitHub markdown table of ``rows`` (dicts) over the columns ``names`` (headed ``heads``;
     ``text``: left-aligned besides the text columns; ``cells(row)``: a row's cells)."""
-    lines = ["| " + " | ".join(heads or names) + " |",
-             "| " + " | ".join("---" if n in TEXT_COLUMNS or n in text else "---:" for n in names) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join(cells(row) if cells else [cell(n, row.get(n)) for n in names]) + " |")
-    return "\n".join(lines)
+    aligns = ["---" if n in TEXT_COLUMNS or n in text else "---:" for n in names]
+    lines = [heads or names, aligns] + [
+        cells(row) if cells else [cell(n, row.get(n)) for n in names] for row in rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def write_csv(path, names, rows):
@@ -128,8 +127,8 @@ def write_csv(path, names, rows):
 def metric_columns(rows):
     """RecBole's test metric keys (``recall@5``, ...) in the order it reports them, then the
     validation ones (``valid_recall@5``, ...)."""
-    return list(dict.fromkeys([k for row in rows for k in row.get("test_result") or {}]
-                              + [f"valid_{k}" for row in rows for k in row.get("valid_result") or {}]))
+    return list(dict.fromkeys([k for row in rows for k in row.get("test_result") or {}] + [
+        f"valid_{k}" for row in rows for k in row.get("valid_result") or {}]))
 
 
 def flat_rows(rows, baseline):
@@ -157,73 +156,74 @@ def results_table(rows, baseline):
     return markdown_table(names, flat_rows(rows, baseline), cells)
 
 
-def _budget_line(meta):
-    budget = meta["budget"]
-    if budget["mode"] == "epochs":
-        return (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
-                "`train_seconds_per_epoch` measured")
-    return (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps per model "
-            "(the trainer's `max_steps`: epochs go on until then, the last one cut short); "
-            "`train_seconds_per_epoch` extrapolated as seconds/step x steps per epoch")
-
-
-def _eval_line(meta, rows):
-    ok = [r for r in rows if r.get("status") == "ok"]
-    total = ok[0]["eval_users_total"] if ok else None
-    mask = "" if meta.get("exclude_seen") is None else \
-        f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
-    if meta.get("eval_max_users"):
-        used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
-        of = f" of {total:,}" if total else ""
-        return (f"test split, full ranking, the first {used:,}{of} users of the test loader "
-                f"(`--eval_max_users={meta['eval_max_users']}`; the same users for every model)" + mask)
-    return "test split, full ranking, all " + (f"{total:,} " if total else "") + "test users" + mask
-
-
 def markdown_report(meta, rows):
     """results.md: header (protocol, machine, command), the table, column notes and failures."""
+    ok = [r for r in rows if r.get("status") == "ok"]
     ran = [r for r in rows if r.get("train_steps")]  # ok, or failed after training
-    first = ran[0] if ran else {}
-    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [meta.get("device", "?")]
-    threads = sorted({r["torch_threads"] for r in ran})
+    first, budget = ran[0] if ran else {}, meta["budget"]
+    if budget["mode"] == "epochs":
+        budget = (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
+                  "`train_seconds_per_epoch` measured")
+    else:
+        budget = (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps "
+                  "per model (the trainer's `max_steps`: epochs go on until then, the last one "
+                  "cut short); `train_seconds_per_epoch` extrapolated as seconds/step x steps "
+                  "per epoch")
+    total = ok[0]["eval_users_total"] if ok else None
+    if meta.get("eval_max_users"):
+        used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
+        evaluation = (f"the first {used:,}{f' of {total:,}' if total else ''} users of the test "
+                      f"loader (`--eval_max_users={meta['eval_max_users']}`; the same users for "
+                      "every model)")
+    else:
+        evaluation = "all " + (f"{total:,} " if total else "") + "test users"
+    if meta.get("exclude_seen") is not None:
+        evaluation += f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
+    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [
+        meta.get("device", "?")]
+    threads = ", ".join(map(str, sorted({r["torch_threads"] for r in ran})))
+    process = ("this process (`--in_process`: peak memory not isolated)" if meta.get("in_process")
+               else "its own fresh process")
     lines = [
         f"# Benchmark: {meta['dataset']}", "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- dataset: `{meta['dataset']}` (data_path `{meta['data_path']}`)",
-        f"- budget: {_budget_line(meta)}",
-        f"- evaluation: {_eval_line(meta, rows)}",
+        f"- budget: {budget}",
+        f"- evaluation: test split, full ranking, {evaluation}",
         f"- seed: {meta['seed']} (every model)",
-        f"- device: {', '.join(devices)}" + (f"; torch threads: {', '.join(map(str, threads))}" if threads else ""),
+        f"- device: {', '.join(devices)}" + (f"; torch threads: {threads}" if threads else ""),
         f"- versions: torch {first.get('torch_version', meta.get('torch_version'))}, "
-        f"recbole {meta.get('recbole_version')}, recbole_semprune {meta['recbole_semprune_version']}, "
-        f"python {meta.get('python_version')}",
+        f"recbole {meta.get('recbole_version')}, "
+        f"recbole_semprune {meta['recbole_semprune_version']}, python {meta.get('python_version')}",
         f"- baseline of the `*_ratio` columns: {meta['baseline']}",
-        "- models run one after another, each in " + ("this process (`--in_process`: peak memory "
-                                                       "not isolated)" if meta.get("in_process") else "its own fresh process"),
+        f"- models run one after another, each in {process}",
     ]
     loads = [f"{r['model']} {r['load_average'][0]} -> {r['load_average'][1]}"
              for r in ran if None not in (r.get("load_average") or [None])]
     if loads:
-        lines.append("- machine load (1-min load average at the start -> end of each model's training, "
-                     f"{first.get('cpu_count')} CPUs; above the CPU count wall times are inflated): "
-                     + ", ".join(loads))
+        lines.append("- machine load (1-min load average at the start -> end of each model's "
+                     f"training, {first.get('cpu_count')} CPUs; above the CPU count wall times "
+                     "are inflated): " + ", ".join(loads))
     if meta.get("config_files"):
         lines.append(f"- config files: {', '.join(f'`{f}`' for f in meta['config_files'])}")
     for who, overrides in [("every model", meta.get("global_overrides"))] + [
             (f"{m} only", o) for m, o in (meta.get("model_overrides") or {}).items()]:
         if overrides:
-            lines.append(f"- overrides for {who}: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
+            lines.append(f"- overrides for {who}: "
+                         + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
     lines += ["", results_table(rows, meta["baseline"]), "", "Columns:", ""]
-    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio") if COLUMNS[n].text]
-    lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on a "
-                 "shared CPU read ratios, not absolute times.")
-    if len({r["eval_users_fingerprint"] for r in rows if r.get("status") == "ok"}) > 1:
+    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio")
+              if COLUMNS[n].text]
+    lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on "
+                 "a shared CPU read ratios, not absolute times.")
+    if len({r["eval_users_fingerprint"] for r in ok}) > 1:
         lines.append("- **warning**: the models were not evaluated on the same users "
                      "(their datasets order the test users differently).")
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
-        lines += ["", "Failures:", ""] + [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
