@@ -92,14 +92,12 @@ def point_name(point):
 def sweep_rows(points, rows):
     """One row per point: its settings, the benchmark's figures, and the speed-ups against the
     unpruned point (its seconds / this point's: wall clock, CPU seconds, evaluation)."""
-    flat = {row["model"]: row for row in report.flat_rows(rows, "unpruned")}
     out = []
-    for point, row in zip(points, rows):
-        figures = dict(flat[row["model"]], **{key: row.get(key) for key in KEPT_COLUMNS})
-        figures.update({speedup: 1 / figures[ratio] if figures.get(ratio) else None
-                        for speedup, ratio in SPEEDUPS.items()})
-        out.append({"point": row["model"], **{key: point.get(key, "") for key in SETTINGS},
-                    **figures})
+    for point, flat in zip(points, report.flat_rows(rows, "unpruned")):
+        flat.update({speedup: 1 / flat[ratio] if flat.get(ratio) else None
+                     for speedup, ratio in SPEEDUPS.items()})
+        out.append({"point": flat["model"], **{key: point.get(key, "") for key in SETTINGS},
+                    **flat})
     return out
 
 

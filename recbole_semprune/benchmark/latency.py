@@ -1,8 +1,5 @@
-"""Next-item latency and state bytes per user against history length:
-``python -m recbole_semprune.benchmark.latency`` (docs/rec2pm.md). Untrained models built from
-the benchmark's config (``MAX_ITEM_LIST_LENGTH`` raised to the longest length), synthetic
-histories; a stateful model (Rec2PM: ``init_state`` / ``update`` / ``recommend``) is timed over
-``segment_len`` consecutive requests, any other over ``full_sort_predict`` of the whole history."""
+"""Next-item latency and state bytes per user against history length, of untrained models on
+synthetic histories (docs/rec2pm.md): ``python -m recbole_semprune.benchmark.latency``."""
 
 import argparse
 import gc
@@ -15,7 +12,7 @@ from time import perf_counter
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
     build_config, logger, model_parser, model_specs, parse_models, positive_int, preflight,
-    run_command, start, torch_threads, write_json,
+    run_command, start, torch_threads, write_json, write_text,
 )
 
 COLUMNS = ["model"] + report.columns("latency")
@@ -36,7 +33,8 @@ def _lengths(text):
 
 def parse_args(argv):
     """``(namespace, global_overrides, {model: overrides})``; exits with status 2 on bad flags."""
-    parser = model_parser(PROG, __doc__.split("\n")[0])
+    parser = model_parser(PROG, "Next-item latency and state bytes per user against "
+                          "history length (docs/rec2pm.md).")
     parser.add_argument("--latency_lengths", type=_lengths, default=[50, 200, 500, 1000, 2000],
                         help="the history lengths (default 50,200,500,1000,2000)")
     parser.add_argument("--latency_repeats", type=positive_int, default=3, help="timed requests "
@@ -124,8 +122,7 @@ def measure_full_history(model, n, k, repeats, device):
 
 
 def measure_model(spec, options, threads=None):
-    """Latency rows of one model (one per history length) from its benchmark ``spec``, and
-    ``{"device", "threads"}``."""
+    """``(a row per history length, {"device", "threads"})`` of one model's ``spec``."""
     import torch
     from recbole.utils import init_seed
 
@@ -178,8 +175,7 @@ def markdown(meta, rows):
 
 
 def run_latency(argv):
-    """Measure the models of ``argv``; returns ``(output_dir, rows)``. Raises
-    :class:`BenchmarkError` or ``SystemExit(2)`` on a bad setup, before anything runs."""
+    """Measure the models of ``argv``; returns ``(output_dir, rows)``."""
     import torch
 
     args, global_overrides, model_overrides = parse_args(argv)
@@ -189,7 +185,7 @@ def run_latency(argv):
     options = {"lengths": args.latency_lengths, "repeats": args.latency_repeats,
                "k": args.latency_k}
     os.makedirs(output, exist_ok=True)
-    rows, info = [], {}
+    rows = []
     for index, spec in enumerate(specs, 1):
         logger.info("latency [%d/%d] %s", index, len(specs), spec["model"])
         model_rows, info = measure_model(spec, options, args.threads)
@@ -201,8 +197,7 @@ def run_latency(argv):
     write_json(os.path.join(output, "latency.json"), {"meta": meta, "rows": rows})
     report.write_csv(os.path.join(output, "latency.csv"), COLUMNS, rows)
     section = markdown(meta, rows)
-    with open(os.path.join(output, "latency.md"), "w", encoding="utf-8") as f:
-        f.write(section)
+    write_text(os.path.join(output, "latency.md"), section)
     if os.path.exists(os.path.join(output, "results.md")):  # a benchmark's folder: one report
         with open(os.path.join(output, "results.md"), "a", encoding="utf-8") as f:
             f.write("\n" + section)
@@ -213,9 +208,9 @@ def run_latency(argv):
             report.lines(ax, rows, "history_length", key)
             ax.set(xscale="log", yscale="log", xlabel="history length (items)", title=label)
 
-    title = f"{args.dataset}: latency and state vs history length"
     if rows:
-        report.plot(os.path.join(output, "latency.png"), draw, title, ncols=2, figsize=(10, 3.8))
+        report.plot(os.path.join(output, "latency.png"), draw, f"{args.dataset}: latency and "
+                    "state vs history length", ncols=2, figsize=(10, 3.8))
     logger.info("latency: %s", os.path.abspath(output))
     return output, rows
 
