@@ -55,9 +55,8 @@ def parse_args(argv):
 
 
 def run_worker(spec, model_dir, in_process=False):
-    """Run one model in a fresh interpreter (or this process: ``in_process``); its output goes to
-    ``worker.log`` (and stderr). Returns its result, or a failed row: with the training figures
-    when the model failed after training."""
+    """Run one model in a fresh interpreter (or this process: ``in_process``), its output in
+    ``worker.log``; its result, or a failed row (with the training figures, if it trained)."""
     from recbole_semprune.benchmark.worker import TRAINED_FILE, execute
 
     log_path, reason = os.path.join(model_dir, "worker.log"), None
@@ -91,9 +90,7 @@ def run_worker(spec, model_dir, in_process=False):
 
 
 def run_benchmark(argv):
-    """Run the benchmark of ``argv``; returns ``(exit_status, output_dir, rows)``: 0 when every
-    model ran, 1 when one failed. Raises ``SystemExit(2)`` on bad flags and
-    :class:`BenchmarkError` on a bad setup, both before any model trains."""
+    """Run the benchmark of ``argv``; returns ``(exit status, output folder, rows)``."""
     import recbole
     import torch
 

@@ -48,10 +48,10 @@ def model_parser(prog, description, epilog=None):
 
 
 def parse_models(parser, args, extra, reserved=None, shared_keys=()):
-    """Sets ``args.model_classes`` ({label: model}), ``args.models`` (the labels), checks
-    ``args.baseline`` (default: the first) and splits ``args.config_files``. Returns the config
-    overrides of ``extra``: ``(for every model, {label: for that model})``; ``reserved``: {key:
-    why it may not be set}, ``shared_keys``: keys that may not differ between models."""
+    """Sets ``args.model_classes`` ({label: model}) and ``args.models`` (labels), checks
+    ``args.baseline``, splits ``args.config_files``; returns the overrides ``(for every model,
+    {label: for that model})`` of ``extra``: no ``reserved`` key ({key: why}), no per-model
+    ``shared_keys``."""
     entries = [m.strip() for m in args.models.split(",") if m.strip()]
     if not entries:
         parser.error("--models is empty")
@@ -149,9 +149,8 @@ def start(prog, argv, output, name):
 
 
 def run_command(prog, run, argv, table):
-    """A command's ``main``: ``run(argv)`` returns ``(status, output folder)``, with the
-    benchmark's messages on stderr; prints ``table`` of the output folder; 2 on bad flags or
-    setup."""
+    """A command's ``main``: ``run(argv)`` -> ``(status, output folder)``, then prints ``table``
+    of that folder; the benchmark's messages on stderr; status 2 on bad flags or setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
     level, propagate = logger.level, logger.propagate
