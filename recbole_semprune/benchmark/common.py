@@ -116,7 +116,9 @@ def build_config(spec):
 def preflight(args, specs):
     """Resolve every model and config before anything trains; returns the first Config.
     Raises :class:`BenchmarkError` with the library's message."""
-    from recbole_semprune.utils import DatasetError, UnknownModelError, check_dataset_files, get_model
+    from recbole_semprune.utils import (
+        DatasetError, UnknownModelError, check_dataset_files, get_model,
+    )
 
     for model in args.model_classes.values():
         try:
@@ -223,7 +225,7 @@ def checkpoint_parser(doc, files="model_file", exclude_seen=True, **files_kwargs
 
 
 def parse_checkpoint_args(parser, argv):
-    """Parsed arguments; every checkpoint must exist; threads set; ``exclude_seen`` a bool or None."""
+    """Parsed arguments (checkpoints checked, threads set, ``exclude_seen`` a bool or None)."""
     import torch
 
     args = parser.parse_args(argv)

@@ -36,7 +36,8 @@ COLUMNS = {
     "utilisation": Column("cost", "pct", "model_gflops_per_second / matmul_gflops_per_second"),
     "kept_fraction": Column("cost", "pct", "pruning models: share of the history tokens kept"),
     "peak_memory_mb": Column("cost", "0f", "peak memory while training: CPU the process's RSS "
-                             "(dataset and interpreter included), GPU max allocated", head="peak MB"),
+                             "(dataset and interpreter included), GPU max allocated",
+                             head="peak MB"),
     "peak_memory_ratio": Column("ratio", "ratio", "", "peak_memory_mb"),
     "eval_seconds": Column("cost", "num", "wall seconds of the test evaluation"),
     "eval_seconds_per_user": Column("cost", "num", "eval_seconds / eval_users"),

@@ -172,7 +172,8 @@ def paired_rows(runs, baseline):
             for seed in common:
                 (_, users_a, pos_a), (_, users_b, pos_b) = seeds[seed], runs[baseline][seed]
                 if not torch.equal(users_a, users_b):
-                    raise ValueError(f"{label} and {baseline} (seed {seed}) ranked other test users")
+                    raise ValueError(
+                        f"{label} and {baseline} (seed {seed}) ranked other test users")
                 pairs.append([per_user_metrics(pos[mask], [5, 10]) for pos in (pos_a, pos_b)])
             rows += [{"model": label, "mask": mask, "seeds": len(common), "metric": metric,
                       "model_value": a, "baseline_value": b, "difference": diff, "se": se}

@@ -109,7 +109,8 @@ def run_model(spec):
     build_seconds = perf_counter() - start
     if not hasattr(trainer, "epoch_stats"):
         raise RuntimeError(f"{spec['model']} trains with {type(trainer).__name__}, outside "
-                           "RecBole's Trainer family: it records no per-epoch figures to time it by")
+                           "RecBole's Trainer family: it records no per-epoch figures to time "
+                           "it by")
     trainer.last_checkpoint_file, trainer.progress_seconds = last_file, PROGRESS_SECONDS
 
     with PeakMemory(config["device"]) as before:  # an empty window: memory held before training
