@@ -3,8 +3,8 @@
 
     python scripts/compare_checkpoints.py A.pth B.pth [A2.pth B2.pth ...] [--exclude_seen=True]
 
-For each metric: A's and B's figure, the mean per-user difference A - B, its standard error and
-their ratio; several pairs (seeds) pool per user. See README.md and docs/results.md.
+Per metric: A, B, the mean per-user difference A - B, its standard error and their ratio;
+several pairs (seeds) pool per user (README.md, docs/results.md).
 """
 
 import os
@@ -62,15 +62,10 @@ def compare_runs(pairs, split="test", exclude_seen=None):
     return results
 
 
-def markdown(name_a, name_b, users, rows):
-    return f"A = {name_a}, B = {name_b}, {users} users\n\n" + markdown_table(
-        ["metric", "A", "B", "A - B", "standard error", "(A - B) / SE"], rows,
-        lambda row: [row[0], *difference_cells(*row[1:])], text=["metric"])
-
-
 def main(argv=None):
     parser = checkpoint_parser(__doc__, "checkpoints", nargs="+", metavar="A B [A2 B2 ...]",
-                               help="checkpoints A, B of the same dataset and protocol; more pairs pool")
+                               help="checkpoints A, B of the same dataset and protocol; more "
+                               "pairs pool")
     args = parse_checkpoint_args(parser, argv)
     if len(args.checkpoints) % 2:
         parser.error(f"checkpoints come in pairs A B, got {len(args.checkpoints)}")
@@ -79,10 +74,13 @@ def main(argv=None):
         results = compare_runs(pairs, args.split, args.exclude_seen)
     except CompareError as error:
         parser.error(str(error))
-    for i, result in enumerate(results):
+    for i, (name_a, name_b, users, rows) in enumerate(results):
         if len(results) > 1:
-            print(f"\n## pair {i + 1}: {' vs '.join(pairs[i])}\n" if i < len(pairs) else "\n## pooled\n")
-        print(markdown(*result))
+            print(f"\n## pair {i + 1}: {' vs '.join(pairs[i])}\n" if i < len(pairs)
+                  else "\n## pooled\n")
+        print(f"A = {name_a}, B = {name_b}, {users} users\n\n" + markdown_table(
+            ["metric", "A", "B", "A - B", "standard error", "(A - B) / SE"], rows,
+            lambda row: [row[0], *difference_cells(*row[1:])], text=["metric"]))
     return results[-1]
 
 

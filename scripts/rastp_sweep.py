@@ -8,20 +8,26 @@ Writes <output>/sweep.csv, <output>/sweep.png and the benchmark's own results.*.
 """
 
 import argparse
-import datetime
 import itertools
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.benchmark import report, run_benchmark  # noqa: E402
-from recbole_semprune.benchmark.common import logger, run_command  # noqa: E402
+from recbole_semprune.benchmark.common import logger, read_json, run_command, start  # noqa: E402
 
 SETTINGS = ["prune_layer", "keep_ratio", "prune_scorer", "keep_ratio_mode"]
 KEPT_COLUMNS = ["kept_tokens_per_history", "tokens_per_history", "kept_fraction",
                 "padded_length", "pruned_length"]
+# sweep.csv: these, the kept tokens, every metric, then the rest
+FIRST_COLUMNS = ["point"] + SETTINGS + [
+    "status", "train_seconds_per_step", "train_speedup", "train_cpu_seconds_per_step",
+    "train_cpu_speedup", "eval_seconds", "eval_speedup", "tokens_per_second", "peak_memory_mb"]
+LAST_COLUMNS = ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
+                "params", "error"]
+SPEEDUPS = {"train_speedup": "train_seconds_per_step_ratio", "eval_speedup": "eval_seconds_ratio",
+            "train_cpu_speedup": "train_cpu_seconds_per_step_ratio"}
 
 
 def _list(cast):
@@ -34,27 +40,32 @@ def _list(cast):
     return parse
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
-                                     epilog="Any other --KEY=VALUE is a config key for every point.")
+def parse_args(argv):
+    """The sweep's own flags; every other flag goes to the benchmark."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], allow_abbrev=False,
+        epilog="Any other flag goes to the benchmark (docs/benchmarks.md): --max_steps (default "
+        "300) or --epochs, --eval_max_users, --threads, --valid, --resume (reuse the finished "
+        "points of --output) and --KEY=VALUE, a config key for every point.")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--data_path", default="../shared/datasets")
-    for flag, cast, default in (("prune_layers", int, [1, 2, 3]), ("keep_ratios", float, [0.25, 0.3333, 0.5]),
-                                ("scorers", str, ["rastp", "attention", "saliency_l1", "random"]),
-                                ("keep_ratio_modes", str, ["fixed"])):
+    for flag, cast, default in (("prune_layers", int, "1,2,3"),
+                                ("keep_ratios", float, "0.25,0.3333,0.5"),
+                                ("scorers", str, "rastp,attention,saliency_l1,random"),
+                                ("keep_ratio_modes", str, "fixed")):
         parser.add_argument(f"--{flag}", type=_list(cast), default=default)
-    parser.add_argument("--design", choices=["grid", "star"], default="grid",
-                        help="grid: every combination; star: one factor at a time around the first values")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--max_steps", type=int, help="optimisation steps per point (default 300)")
-    budget.add_argument("--epochs", type=int, help="full epochs per point")
-    parser.add_argument("--eval_max_users", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--valid", action="store_true", help="also report validation metrics")
+    parser.add_argument("--design", choices=["grid", "star"], default="grid", help="grid: every "
+                        "combination; star: one factor at a time around the first values")
     parser.add_argument("--metric", default="ndcg@10", help="accuracy axis of the plot")
-    parser.add_argument("--resume", action="store_true", help="reuse the finished points of --output")
-    parser.add_argument("--output", default=None, help="default bench_out/rastp-sweep-<dataset>-<time>")
-    return parser
+    parser.add_argument("--output", default=None,
+                        help="default bench_out/rastp-sweep-<dataset>-<time>")
+    args, extra = parser.parse_known_args(argv)
+    clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in SETTINGS]
+    if clash:
+        parser.error(f"{' '.join(clash)}: the sweep sets these keys itself")
+    if not any(a.split("=", 1)[0] in ("--epochs", "--max_steps") for a in extra):
+        extra.append("--max_steps=300")
+    return args, extra
 
 
 def grid(args):
@@ -78,48 +89,23 @@ def point_name(point):
     return f"{point['prune_scorer']}-p{point['prune_layer']}-k{ratio}-{point['keep_ratio_mode']}"
 
 
-def benchmark_argv(args, points, extra, output):
-    """The benchmark's command line: one labelled RASTP variant per point."""
-    budget = f"--epochs={args.epochs}" if args.epochs else f"--max_steps={args.max_steps or 300}"
-    argv = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", budget,
-            "--models=" + ",".join(f"{point_name(p)}=RASTP" for p in points),
-            "--baseline=unpruned", f"--output={output}"]
-    argv += [f"--eval_max_users={args.eval_max_users}"] if args.eval_max_users else []
-    argv += [f"--threads={args.threads}"] if args.threads else []
-    argv += [flag for flag, on in (("--valid", args.valid), ("--resume", args.resume)) if on]
-    return argv + [f"--{point_name(p)}.{key}={value}" for p in points for key, value in p.items()] + extra
-
-
 def sweep_rows(points, rows):
     """One row per point: its settings, the benchmark's figures, and the speed-ups against the
     unpruned point (its seconds / this point's: wall clock, CPU seconds, evaluation)."""
-    flat = {row["model"]: row for row in report.flat_rows(rows, "unpruned")}
     out = []
-    for point, row in zip(points, rows):
-        settings = {key: point.get(key, "") for key in SETTINGS}
-        figures = dict(flat[row["model"]], **{key: row.get(key) for key in KEPT_COLUMNS})
-        for speedup, ratio in (("train_speedup", "train_seconds_per_step_ratio"),
-                               ("train_cpu_speedup", "train_cpu_seconds_per_step_ratio"),
-                               ("eval_speedup", "eval_seconds_ratio")):
-            figures[speedup] = 1 / figures[ratio] if figures.get(ratio) else None
-        out.append({"point": row["model"], **settings, **figures})
+    for point, flat in zip(points, report.flat_rows(rows, "unpruned")):
+        flat.update({speedup: 1 / flat[ratio] if flat.get(ratio) else None
+                     for speedup, ratio in SPEEDUPS.items()})
+        out.append({"point": flat["model"], **{key: point.get(key, "") for key in SETTINGS},
+                    **flat})
     return out
-
-
-def write_csv(path, rows):
-    metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
-    columns = (["point"] + SETTINGS + ["status", "train_seconds_per_step", "train_speedup",
-               "train_cpu_seconds_per_step", "train_cpu_speedup", "eval_seconds", "eval_speedup",
-               "tokens_per_second", "peak_memory_mb"] + KEPT_COLUMNS + metrics
-               + ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
-                  "params", "error"])
-    report.write_csv(path, columns, rows)
 
 
 def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
     """Speed-up (x, CPU seconds by default) vs ``metric``: one colour per scorer, labels
     prune_layer / keep_ratio, the unpruned point a star."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get(speedup) and r.get(metric) is not None]
+    ok = [r for r in rows
+          if r.get("status") == "ok" and r.get(speedup) and r.get(metric) is not None]
     if not ok:
         logger.warning("no finished point has %s: %s skipped", metric, path)
         return False
@@ -127,10 +113,10 @@ def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
     def draw(ax, plt):
         for scorer in dict.fromkeys(r["prune_scorer"] for r in ok):
             mine = [r for r in ok if r["prune_scorer"] == scorer]
-            ax.scatter([r[speedup] for r in mine], [r[metric] for r in mine], s=120 if scorer == "none"
-                       else 45, marker="*" if scorer == "none" else "o", zorder=3,
-                       label="unpruned" if scorer == "none" else scorer)
-            for r in mine if scorer != "none" else ():
+            star = scorer == "none"
+            ax.scatter([r[speedup] for r in mine], [r[metric] for r in mine], s=120 if star else 45,
+                       marker="*" if star else "o", zorder=3, label="unpruned" if star else scorer)
+            for r in mine if not star else ():
                 ax.annotate(f"p{r['prune_layer']}/{r['keep_ratio']:g}", (r[speedup], r[metric]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.legend(fontsize=8)
@@ -142,30 +128,29 @@ def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if not re.match(r"^--[A-Za-z_][\w.-]*=", a)]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (config keys are --key=value)")
-    clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in SETTINGS]
-    if clash:
-        parser.error(f"{' '.join(clash)}: the sweep sets these keys itself")
-    now = datetime.datetime.now()
-    output = args.output or os.path.join("bench_out", f"rastp-sweep-{args.dataset}-{now:%Y%m%d-%H%M%S}")
+    args, extra = parse_args(argv)
+    output = start("", [], args.output, f"rastp-sweep-{args.dataset}")[0]
     points = grid(args)
 
     def run(argv):
         status, _, rows = run_benchmark(argv)
         rows = sweep_rows(points, rows)
-        write_csv(os.path.join(output, "sweep.csv"), rows)
-        budget = f"epochs={args.epochs}" if args.epochs else f"max_steps={args.max_steps or 300}"
-        title = f"RASTP sweep, {args.dataset}, {budget}, eval users: {args.eval_max_users or 'all'}"
-        if write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title):
-            logger.info("plot: %s", os.path.join(output, "sweep.png"))
+        metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
+        report.write_csv(os.path.join(output, "sweep.csv"),
+                         FIRST_COLUMNS + KEPT_COLUMNS + metrics + LAST_COLUMNS, rows)
+        meta = read_json(os.path.join(output, "results.json"))["meta"]
+        title = (f"RASTP sweep, {args.dataset}, {meta['budget']['mode']}={meta['budget']['value']}"
+                 f", eval users: {meta['eval_max_users'] or 'all'}")
+        write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title)
         logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
         return status, output
 
-    return run_command("rastp_sweep.py", run, benchmark_argv(args, points, extra, output), "results.md")
+    benchmark_argv = [
+        f"--dataset={args.dataset}", f"--data_path={args.data_path}", *extra,
+        "--models=" + ",".join(f"{point_name(p)}=RASTP" for p in points),
+        "--baseline=unpruned", f"--output={output}",
+    ] + [f"--{point_name(p)}.{key}={value}" for p in points for key, value in p.items()]
+    return run_command("rastp_sweep.py", run, benchmark_argv, "results.md")
 
 
 if __name__ == "__main__":

@@ -2,18 +2,14 @@
 (docs/benchmarks.md). Each model runs in a fresh process (:mod:`.worker`), one after another;
 this process checks the arguments, starts the workers, collects their JSON, writes the tables."""
 
-import argparse
-import datetime
 import os
-import shlex
-import subprocess
 import sys
 import traceback
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    add_model_arguments, logger, model_specs, parse_models, parse_overrides,
-    positive_int, preflight, read_json, run_command, write_json,
+    logger, model_parser, model_specs, parse_models, positive_int, preflight, read_json,
+    run_command, run_module, start, write_json,
 )
 
 # Keys every model must share (one protocol), and keys the benchmark sets itself.
@@ -32,12 +28,10 @@ PROG = "python -m recbole_semprune.benchmark"
 
 def parse_args(argv):
     """``(namespace, global_overrides, {model: overrides})``; status 2 (argparse's) on bad flags."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, allow_abbrev=False,
-        description="Train and evaluate several models under one protocol; results.csv / .md.",
+    parser = model_parser(
+        PROG, "Train and evaluate several models under one protocol; results.csv / .md.",
         epilog="Config keys: --KEY=VALUE (every model), --LABEL.KEY=VALUE (one model; not "
         f"{', '.join(PROTOCOL_KEYS)}). Latency: {PROG}.latency. See docs/benchmarks.md.")
-    add_model_arguments(parser)
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=positive_int, metavar="N", help="train N full epochs")
     budget.add_argument("--max_steps", type=positive_int, metavar="N",
@@ -57,14 +51,12 @@ def parse_args(argv):
                      "--output of this run appends it to results.md)")
     if args.resume and not args.output:
         parser.error("--resume needs the --output folder of the run to resume")
-    parse_models(parser, args)
-    return (args, *parse_overrides(parser, extra, args.models, BENCHMARK_KEYS, PROTOCOL_KEYS))
+    return (args, *parse_models(parser, args, extra, BENCHMARK_KEYS, PROTOCOL_KEYS))
 
 
 def run_worker(spec, model_dir, in_process=False):
-    """Run one model in a fresh interpreter (or this process: ``in_process``); its output goes to
-    ``worker.log`` (and stderr). Returns its result, or a failed row: with the training figures
-    when the model failed after training."""
+    """Run one model in a fresh interpreter (or this process: ``in_process``), its output in
+    ``worker.log``; its result, or a failed row (with the training figures, if it trained)."""
     from recbole_semprune.benchmark.worker import TRAINED_FILE, execute
 
     log_path, reason = os.path.join(model_dir, "worker.log"), None
@@ -76,24 +68,9 @@ def run_worker(spec, model_dir, in_process=False):
             with open(log_path, "w", encoding="utf-8") as f:
                 f.write(traceback.format_exc())
     else:
-        # the folder that holds recbole_semprune/, so the worker imports this same copy
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        command = [sys.executable, "-m", "recbole_semprune.benchmark.worker",
-                   os.path.join(model_dir, "spec.json")]
-        with open(log_path, "w", encoding="utf-8") as log:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       env=env, text=True, errors="replace")
-            try:
-                for line in process.stdout:
-                    log.write(line)
-                    sys.stderr.write(f"[{spec['model']}] {line}")
-                code = process.wait()
-            except BaseException:  # Ctrl-C: stop our worker, then let the interruption through
-                process.kill()
-                process.wait()
-                raise
+        code = run_module(["recbole_semprune.benchmark.worker",
+                           os.path.join(model_dir, "spec.json")], log_path,
+                          prefix=f"[{spec['model']}] ")
         if code:
             reason = (f"worker exited with status {code}" if code > 0 else f"worker killed by "
                       f"signal {-code}" + (" (out of memory?)" if code == -9 else ""))
@@ -113,9 +90,7 @@ def run_worker(spec, model_dir, in_process=False):
 
 
 def run_benchmark(argv):
-    """Run the benchmark of ``argv``; returns ``(exit_status, output_dir, rows)``: 0 when every
-    model ran, 1 when one failed. Raises ``SystemExit(2)`` on bad flags and
-    :class:`BenchmarkError` on a bad setup, both before any model trains."""
+    """Run the benchmark of ``argv``; returns ``(exit status, output folder, rows)``."""
     import recbole
     import torch
 
@@ -123,8 +98,7 @@ def run_benchmark(argv):
     from recbole_semprune.benchmark.worker import SPEC_VERSION, TRAINED_FILE
 
     args, global_overrides, model_overrides = parse_args(argv)
-    now = datetime.datetime.now()
-    output = args.output or os.path.join("bench_out", f"{args.dataset}-{now:%Y%m%d-%H%M%S}")
+    output, meta = start(PROG, argv, args.output, args.dataset)
     steps = args.max_steps or args.epochs
     budget = {"epochs": steps, "max_steps": args.max_steps, "eval_step": 1,
               "stopping_step": steps + 1}  # a fixed budget: never stops early
@@ -138,20 +112,15 @@ def run_benchmark(argv):
                      in (("result_path", "result.json"), ("last_checkpoint", "last.pth"))})
     first = preflight(args, specs)
     os.makedirs(output, exist_ok=True)
-    meta = {
-        "command": shlex.join(["python", "-m", "recbole_semprune.benchmark", *argv]),
-        "date": now.isoformat(timespec="seconds"), "dataset": args.dataset,
-        "data_path": os.path.abspath(first["data_path"]), "models": args.models,
-        "baseline": args.baseline, "budget": specs[0]["budget"],
-        "eval_max_users": args.eval_max_users, "exclude_seen": first["exclude_seen"],
-        "valid": args.valid, "threads": args.threads, "seed": first["seed"],
-        "device": str(first["device"]), "config_files": args.config_files,
-        "global_overrides": dict(global_overrides),
-        "model_overrides": {m: dict(o) for m, o in model_overrides.items()},
-        "in_process": args.in_process, "torch_version": torch.__version__,
-        "recbole_version": recbole.__version__, "python_version": sys.version.split()[0],
-        "recbole_semprune_version": recbole_semprune.__version__,
-    }
+    meta.update(dataset=args.dataset, data_path=os.path.abspath(first["data_path"]),
+                models=args.models, baseline=args.baseline, budget=specs[0]["budget"],
+                eval_max_users=args.eval_max_users, exclude_seen=first["exclude_seen"],
+                valid=args.valid, threads=args.threads, seed=first["seed"],
+                device=str(first["device"]), config_files=args.config_files,
+                global_overrides=global_overrides, model_overrides=model_overrides,
+                in_process=args.in_process, torch_version=torch.__version__,
+                recbole_version=recbole.__version__, python_version=sys.version.split()[0],
+                recbole_semprune_version=recbole_semprune.__version__)
     rows = []
     for index, spec in enumerate(specs, 1):
         model, model_dir = spec["model"], os.path.join(output, spec["model"])
@@ -165,8 +134,8 @@ def run_benchmark(argv):
             os.makedirs(model_dir, exist_ok=True)
             write_json(os.path.join(model_dir, "spec.json"), spec)
             write_json(os.path.join(model_dir, "overrides.json"), {
-                "config_files": spec["config_files"], "global": dict(global_overrides),
-                "model": dict(model_overrides[model]), "config_dict": spec["config_dict"]})
+                "config_files": spec["config_files"], "global": global_overrides,
+                "model": model_overrides[model], "config_dict": spec["config_dict"]})
             for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
                     [] if resumable else [spec["last_checkpoint"]]):
                 if os.path.exists(path):

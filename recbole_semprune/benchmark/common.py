@@ -1,18 +1,21 @@
-"""What the benchmark's commands and the checkpoint scripts share: the model list
-(``LABEL=MODEL``), config overrides (``--KEY=VALUE``, ``--LABEL.KEY=VALUE``), a model's Config,
-the check before anything trains, the command wrapper, thread settings and JSON files."""
+"""What the benchmark's commands and the checkpoint scripts share: the model flags (``--models``
+with ``LABEL=MODEL``, ``--KEY=VALUE``, ``--LABEL.KEY=VALUE``), a model's Config, the check before
+anything trains, running a command and its workers, thread settings and JSON files."""
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import os
 import re
+import shlex
+import subprocess
 import sys
-from collections import OrderedDict
 
 logger = logging.getLogger("recbole_semprune.benchmark")
-_OVERRIDE = re.compile(r"^--(?:([A-Za-z_][\w-]*)\.)?([A-Za-z_][\w-]*)=(.*)$", re.S)
+_NAME = r"[A-Za-z_][\w-]*"
+_OVERRIDE = re.compile(rf"^--(?:({_NAME})\.)?({_NAME})=(.*)$", re.S)
 
 
 class BenchmarkError(Exception):
@@ -29,8 +32,10 @@ def positive_int(text):
     return value
 
 
-def add_model_arguments(parser):
-    """The flags every benchmark command has (docs/benchmarks.md)."""
+def model_parser(prog, description, epilog=None):
+    """A parser with the flags every benchmark command has (docs/benchmarks.md)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     allow_abbrev=False)
     parser.add_argument("--dataset", required=True, help="dataset name, e.g. ml-100k")
     parser.add_argument("--models", required=True, help="comma-separated MODEL or LABEL=MODEL "
                         "(a variant set by --LABEL.KEY=VALUE)")
@@ -39,38 +44,34 @@ def add_model_arguments(parser):
     parser.add_argument("--config_files", default=None, metavar='"A.yaml B.yaml"',
                         help="config files for every model, space separated")
     parser.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per model")
+    return parser
 
 
-def parse_models(parser, args):
-    """Sets ``args.model_classes`` ({label: model}), ``args.models`` (the labels), checks
-    ``args.baseline`` (default: the first) and splits ``args.config_files``."""
+def parse_models(parser, args, extra, reserved=None, shared_keys=()):
+    """Sets ``args.model_classes`` ({label: model}) and ``args.models`` (labels), checks
+    ``args.baseline``, splits ``args.config_files``; returns the overrides ``(for every model,
+    {label: for that model})`` of ``extra``: no ``reserved`` key ({key: why}), no per-model
+    ``shared_keys``."""
     entries = [m.strip() for m in args.models.split(",") if m.strip()]
     if not entries:
         parser.error("--models is empty")
-    args.model_classes = OrderedDict()
+    args.model_classes = {}
     for entry in entries:
         label, _, model = entry.rpartition("=")
         label, model = (label.strip() or model.strip()), model.strip()
-        if not re.fullmatch(r"[A-Za-z_][\w-]*", label) or not model:
+        if not re.fullmatch(_NAME, label) or not model:
             parser.error(f"--models entry {entry!r}: write MODEL or LABEL=MODEL (LABEL: letters, "
                          "digits, _ and -)")
         if label in args.model_classes:
             parser.error(f"--models lists {label} more than once")
         args.model_classes[label] = model
-    args.models = list(args.model_classes)
+    args.models = labels = list(args.model_classes)
     if args.baseline is None:
-        args.baseline = args.models[0]
-    elif args.baseline not in args.models:
-        parser.error(f"--baseline={args.baseline} is not one of --models ({', '.join(args.models)})")
+        args.baseline = labels[0]
+    elif args.baseline not in labels:
+        parser.error(f"--baseline={args.baseline} is not one of --models ({', '.join(labels)})")
     args.config_files = args.config_files.strip().split() if args.config_files else []
-    return args
-
-
-def parse_overrides(parser, extra, labels, reserved=None, shared_keys=()):
-    """``(for every model, {label: for that model})`` from ``--KEY=VALUE`` and
-    ``--LABEL.KEY=VALUE``; ``reserved``: {key: why it may not be set}; ``shared_keys``: keys
-    that may not differ between models."""
-    shared, per_model = OrderedDict(), OrderedDict((label, OrderedDict()) for label in labels)
+    shared, per_model = {}, {label: {} for label in labels}
     for arg in extra:
         match = _OVERRIDE.match(arg)
         if not match:
@@ -115,7 +116,9 @@ def build_config(spec):
 def preflight(args, specs):
     """Resolve every model and config before anything trains; returns the first Config.
     Raises :class:`BenchmarkError` with the library's message."""
-    from recbole_semprune.utils import DatasetError, UnknownModelError, check_dataset_files, get_model
+    from recbole_semprune.utils import (
+        DatasetError, UnknownModelError, check_dataset_files, get_model,
+    )
 
     for model in args.model_classes.values():
         try:
@@ -138,10 +141,18 @@ def preflight(args, specs):
     return configs[0]
 
 
+def start(prog, argv, output, name):
+    """``(output folder, {"command", "date"})`` of a command run now: ``output``, or
+    ``bench_out/<name>-<timestamp>``."""
+    now = datetime.datetime.now()
+    folder = output or os.path.join("bench_out", f"{name}-{now:%Y%m%d-%H%M%S}")
+    return folder, {"command": shlex.join(prog.split() + argv),
+                    "date": now.isoformat(timespec="seconds")}
+
+
 def run_command(prog, run, argv, table):
-    """A command's ``main``: ``run(argv)`` returns ``(status, output folder)``, with the
-    benchmark's messages on stderr; prints ``table`` of the output folder; 2 on bad flags or
-    setup."""
+    """A command's ``main``: ``run(argv)`` -> ``(status, output folder)``, then prints ``table``
+    of that folder; the benchmark's messages on stderr; status 2 on bad flags or setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
     level, propagate = logger.level, logger.propagate
@@ -162,6 +173,28 @@ def run_command(prog, run, argv, table):
     with open(os.path.join(output, table), encoding="utf-8") as f:
         sys.stdout.write(f.read())
     return status
+
+
+def run_module(args, log_path, mode="w", prefix=None):
+    """``python -m ARGS`` in a fresh interpreter that imports this same copy of the package, its
+    output written to ``log_path`` (and, with ``prefix``, to stderr); returns its exit status."""
+    # the folder that holds recbole_semprune/
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    with open(log_path, mode, buffering=1, encoding="utf-8") as log:
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if prefix:
+                    sys.stderr.write(prefix + line)
+            return process.wait()
+        except BaseException:  # Ctrl-C: stop the child, then let the interruption through
+            process.kill()
+            process.wait()
+            raise
 
 
 @contextlib.contextmanager
@@ -192,12 +225,11 @@ def checkpoint_parser(doc, files="model_file", exclude_seen=True, **files_kwargs
 
 
 def parse_checkpoint_args(parser, argv):
-    """Parsed arguments; every checkpoint must exist; threads set; ``exclude_seen`` a bool or None."""
+    """Parsed arguments (checkpoints checked, threads set, ``exclude_seen`` a bool or None)."""
     import torch
 
     args = parser.parse_args(argv)
-    files = vars(args).get("checkpoints") or [vars(args).get("model_file")]
-    for path in files:
+    for path in vars(args).get("checkpoints") or [vars(args).get("model_file")]:
         if not os.path.isfile(path):
             parser.error(f"no checkpoint at {path}")
     if args.threads:
@@ -218,6 +250,11 @@ def read_json(path):
 
 def write_json(path, data):
     """Write ``data`` to ``path`` atomically (a reader never sees half a file)."""
+    write_text(path, json.dumps(data, indent=2))
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
+        f.write(text)
     os.replace(path + ".tmp", path)

@@ -1,14 +1,9 @@
-"""Next-item latency and state bytes per user against history length:
-``python -m recbole_semprune.benchmark.latency`` (docs/rec2pm.md). Untrained models built from
-the benchmark's config (``MAX_ITEM_LIST_LENGTH`` raised to the longest length), synthetic
-histories; a stateful model (Rec2PM: ``init_state`` / ``update`` / ``recommend``) is timed over
-``segment_len`` consecutive requests, any other over ``full_sort_predict`` of the whole history."""
+"""Next-item latency and state bytes per user against history length, of untrained models on
+synthetic histories (docs/rec2pm.md): ``python -m recbole_semprune.benchmark.latency``."""
 
 import argparse
-import datetime
 import gc
 import os
-import shlex
 import statistics
 import sys
 import warnings
@@ -16,19 +11,21 @@ from time import perf_counter
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    add_model_arguments, build_config, logger, model_specs, parse_models, parse_overrides,
-    positive_int, preflight, run_command, torch_threads, write_json,
+    build_config, logger, model_parser, model_specs, parse_models, positive_int, preflight,
+    run_command, start, torch_threads, write_json, write_text,
 )
 
 COLUMNS = ["model"] + report.columns("latency")
 PROG = "python -m recbole_semprune.benchmark.latency"
+KV_KEYS = ("self_k", "self_v", "shared_k", "shared_v", "cross_k", "cross_v")
 
 
 def _lengths(text):
     try:
         lengths = sorted({int(v) for v in text.split(",") if v.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--latency_lengths must be comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--latency_lengths must be comma-separated integers, got {text!r}")
     if not lengths or lengths[0] < 1:
         raise argparse.ArgumentTypeError(f"--latency_lengths must be positive, got {text!r}")
     return lengths
@@ -36,22 +33,20 @@ def _lengths(text):
 
 def parse_args(argv):
     """``(namespace, global_overrides, {model: overrides})``; exits with status 2 on bad flags."""
-    parser = argparse.ArgumentParser(prog=PROG,
-                                     description=__doc__.split("\n")[0], allow_abbrev=False)
-    add_model_arguments(parser)
+    parser = model_parser(PROG, "Next-item latency and state bytes per user against "
+                          "history length (docs/rec2pm.md).")
     parser.add_argument("--latency_lengths", type=_lengths, default=[50, 200, 500, 1000, 2000],
                         help="the history lengths (default 50,200,500,1000,2000)")
-    parser.add_argument("--latency_repeats", type=positive_int, default=3,
-                        help="timed requests per length of a full-history model (after one warm-up)")
-    parser.add_argument("--latency_k", type=positive_int, default=10, help="items per recommendation")
+    parser.add_argument("--latency_repeats", type=positive_int, default=3, help="timed requests "
+                        "per length of a full-history model (after one warm-up)")
+    parser.add_argument("--latency_k", type=positive_int, default=10,
+                        help="items per recommendation")
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="output folder (default: bench_out/<dataset>-latency-<timestamp>)")
     args, extra = parser.parse_known_args(argv)
-    parse_models(parser, args)
-    return (args, *parse_overrides(parser, extra, args.models))
+    return (args, *parse_models(parser, args, extra))
 
 
-# ---- measuring one model ---------------------------------------------------------------------
 def _timed(device, request):
     import torch
 
@@ -70,9 +65,6 @@ def tensor_bytes(value, keys=None):
     if isinstance(value, dict):
         return sum(tensor_bytes(v, keys) for k, v in value.items() if keys is None or k in keys)
     return sum(tensor_bytes(v, keys) for v in value) if isinstance(value, (list, tuple)) else 0
-
-
-KV_KEYS = ("self_k", "self_v", "shared_k", "shared_v", "cross_k", "cross_v")
 
 
 def _synthetic_history(model, n, seed):
@@ -130,49 +122,43 @@ def measure_full_history(model, n, k, repeats, device):
 
 
 def measure_model(spec, options, threads=None):
-    """Latency rows of one model (one per history length) from its benchmark ``spec``."""
-    with torch_threads(threads), warnings.catch_warnings():
-        # RecBole's pandas deprecation warnings say nothing about latency
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
-        rows = _measure_model(spec, options)
-    gc.collect()
-    return rows
-
-
-def _measure_model(spec, options):
+    """``(a row per history length, {"device", "threads"})`` of one model's ``spec``."""
     import torch
     from recbole.utils import init_seed
 
     from recbole_semprune.utils import create_dataset, get_model
 
-    config = build_config(spec)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train = dataset.build()[0]
-    longest = max(options["lengths"])
-    # positions for the longest history (the dataset kept its own MAX_ITEM_LIST_LENGTH)
-    config["MAX_ITEM_LIST_LENGTH"] = max(longest, config["MAX_ITEM_LIST_LENGTH"])
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train).to(config["device"]).eval()
-    device = torch.device(config["device"])
-    stateful = all(hasattr(model, m) for m in ("init_state", "update", "recommend"))
-    rows = []
-    with torch.no_grad():
+    with torch_threads(threads), warnings.catch_warnings():
+        # RecBole's pandas deprecation warnings say nothing about latency
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+        config = build_config(spec)
+        init_seed(config["seed"], config["reproducibility"])
+        train = create_dataset(config).build()[0]
+        # positions for the longest history (the dataset kept its own MAX_ITEM_LIST_LENGTH)
+        config["MAX_ITEM_LIST_LENGTH"] = max(*options["lengths"], config["MAX_ITEM_LIST_LENGTH"])
+        init_seed(config["seed"], config["reproducibility"])
+        model = get_model(config["model"])(config, train).to(config["device"]).eval()
+        device, rows = torch.device(config["device"]), []
+        stateful = all(hasattr(model, m) for m in ("init_state", "update", "recommend"))
         for n in options["lengths"]:
-            if stateful:
-                times, state_bytes, kind = measure_stateful(model, n, options["k"], device)
-            else:
-                times, state_bytes, kind = measure_full_history(model, n, options["k"],
-                                                                options["repeats"], device)
+            with torch.no_grad():
+                if stateful:
+                    times, state_bytes, kind = measure_stateful(model, n, options["k"], device)
+                else:
+                    times, state_bytes, kind = measure_full_history(
+                        model, n, options["k"], options["repeats"], device)
             rows.append({"model": spec["model"], "history_length": n,
-                         "latency_ms": 1000 * statistics.mean(times), "latency_max_ms": 1000 * max(times),
-                         "requests": len(times), "state_bytes": int(state_bytes), "state_kind": kind})
+                         "latency_ms": 1000 * statistics.mean(times),
+                         "latency_max_ms": 1000 * max(times), "requests": len(times),
+                         "state_bytes": int(state_bytes), "state_kind": kind})
             logger.info("latency %s n=%d: %.2f ms/request (%d requests), state %s bytes/user",
-                        spec["model"], n, rows[-1]["latency_ms"], len(times), f"{int(state_bytes):,}")
-    return rows, {"device": str(device), "threads": torch.get_num_threads()}
+                        spec["model"], n, rows[-1]["latency_ms"], len(times),
+                        f"{int(state_bytes):,}")
+        info = {"device": str(device), "threads": torch.get_num_threads()}
+    gc.collect()
+    return rows, info
 
 
-# ---- tables, plot and command --------------------------------------------------------------
 def markdown(meta, rows):
     """The latency section: its command and settings, then one line per model and length."""
     return "\n".join([
@@ -189,34 +175,32 @@ def markdown(meta, rows):
 
 
 def run_latency(argv):
-    """Measure the models of ``argv``; returns ``(output_dir, rows)``. Raises
-    :class:`BenchmarkError` or ``SystemExit(2)`` on a bad setup, before anything runs."""
+    """Measure the models of ``argv``; returns ``(output_dir, rows)``."""
     import torch
 
     args, global_overrides, model_overrides = parse_args(argv)
-    now = datetime.datetime.now()
-    output = args.output or os.path.join("bench_out", f"{args.dataset}-latency-{now:%Y%m%d-%H%M%S}")
+    output, meta = start(PROG, argv, args.output, f"{args.dataset}-latency")
     specs = model_specs(args, global_overrides, model_overrides)
     preflight(args, specs)
-    options = {"lengths": args.latency_lengths, "repeats": args.latency_repeats, "k": args.latency_k}
+    options = {"lengths": args.latency_lengths, "repeats": args.latency_repeats,
+               "k": args.latency_k}
     os.makedirs(output, exist_ok=True)
-    rows, info = [], {}
+    rows = []
     for index, spec in enumerate(specs, 1):
         logger.info("latency [%d/%d] %s", index, len(specs), spec["model"])
         model_rows, info = measure_model(spec, options, args.threads)
         rows += model_rows
-    report.add_ratios(rows, lambda row: row["model"] == args.baseline, key=lambda row: row["history_length"])
-    meta = {"command": shlex.join(PROG.split() + argv),
-            "date": now.isoformat(timespec="seconds"), "dataset": args.dataset,
-            "models": args.models, "baseline": args.baseline, **options, **info,
-            "torch_version": torch.__version__}
+    report.add_ratios(rows, lambda row: row["model"] == args.baseline,
+                      key=lambda row: row["history_length"])
+    meta.update(dataset=args.dataset, models=args.models, baseline=args.baseline, **options,
+                **info, torch_version=torch.__version__)
     write_json(os.path.join(output, "latency.json"), {"meta": meta, "rows": rows})
     report.write_csv(os.path.join(output, "latency.csv"), COLUMNS, rows)
     section = markdown(meta, rows)
-    for name, mode in (("latency.md", "w"), ("results.md", "a")):  # a benchmark's folder: one report
-        if mode == "w" or os.path.exists(os.path.join(output, name)):
-            with open(os.path.join(output, name), mode, encoding="utf-8") as f:
-                f.write(section if mode == "w" else "\n" + section)
+    write_text(os.path.join(output, "latency.md"), section)
+    if os.path.exists(os.path.join(output, "results.md")):  # a benchmark's folder: one report
+        with open(os.path.join(output, "results.md"), "a", encoding="utf-8") as f:
+            f.write("\n" + section)
 
     def draw(axes, plt):  # log-log, one line per model
         for ax, (key, label) in zip(axes, (("latency_ms", "next-item latency per user (ms)"),
@@ -224,9 +208,9 @@ def run_latency(argv):
             report.lines(ax, rows, "history_length", key)
             ax.set(xscale="log", yscale="log", xlabel="history length (items)", title=label)
 
-    title = f"{args.dataset}: latency and state vs history length"
-    if rows and report.plot(os.path.join(output, "latency.png"), draw, title, ncols=2, figsize=(10, 3.8)):
-        logger.info("plot: %s", os.path.join(output, "latency.png"))
+    if rows:
+        report.plot(os.path.join(output, "latency.png"), draw, f"{args.dataset}: latency and "
+                    "state vs history length", ncols=2, figsize=(10, 3.8))
     logger.info("latency: %s", os.path.abspath(output))
     return output, rows
 

@@ -1,13 +1,11 @@
 """The benchmark's tables and plots. Every column is declared once, in :data:`COLUMNS`."""
 
 import csv
-import json
-import logging
 import math
 import os
 from collections import namedtuple
 
-logger = logging.getLogger("recbole_semprune.benchmark")
+from recbole_semprune.benchmark.common import logger, write_json, write_text
 
 # kind: "cost" (results.md and the head of results.csv), "md" (results.md, tail of results.csv),
 # "extra" (tail of results.csv), "ratio" (results.md and .csv), "latency" (latency.csv/.md),
@@ -38,7 +36,8 @@ COLUMNS = {
     "utilisation": Column("cost", "pct", "model_gflops_per_second / matmul_gflops_per_second"),
     "kept_fraction": Column("cost", "pct", "pruning models: share of the history tokens kept"),
     "peak_memory_mb": Column("cost", "0f", "peak memory while training: CPU the process's RSS "
-                             "(dataset and interpreter included), GPU max allocated", head="peak MB"),
+                             "(dataset and interpreter included), GPU max allocated",
+                             head="peak MB"),
     "peak_memory_ratio": Column("ratio", "ratio", "", "peak_memory_mb"),
     "eval_seconds": Column("cost", "num", "wall seconds of the test evaluation"),
     "eval_seconds_per_user": Column("cost", "num", "eval_seconds / eval_users"),
@@ -113,11 +112,10 @@ def add_ratios(rows, is_baseline, key=lambda row: None):
 def markdown_table(names, rows, cells=None, heads=None, text=()):
     """A GitHub markdown table of ``rows`` (dicts) over the columns ``names`` (headed ``heads``;
     ``text``: left-aligned besides the text columns; ``cells(row)``: a row's cells)."""
-    lines = ["| " + " | ".join(heads or names) + " |",
-             "| " + " | ".join("---" if n in TEXT_COLUMNS or n in text else "---:" for n in names) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join(cells(row) if cells else [cell(n, row.get(n)) for n in names]) + " |")
-    return "\n".join(lines)
+    aligns = ["---" if n in TEXT_COLUMNS or n in text else "---:" for n in names]
+    lines = [heads or names, aligns] + [
+        cells(row) if cells else [cell(n, row.get(n)) for n in names] for row in rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def write_csv(path, names, rows):
@@ -127,12 +125,11 @@ def write_csv(path, names, rows):
         writer.writerows({k: "" if row.get(k) is None else row[k] for k in names} for row in rows)
 
 
-# ---- the benchmark's results -----------------------------------------------------------------
 def metric_columns(rows):
     """RecBole's test metric keys (``recall@5``, ...) in the order it reports them, then the
     validation ones (``valid_recall@5``, ...)."""
-    return list(dict.fromkeys([k for row in rows for k in row.get("test_result") or {}]
-                              + [f"valid_{k}" for row in rows for k in row.get("valid_result") or {}]))
+    return list(dict.fromkeys([k for row in rows for k in row.get("test_result") or {}] + [
+        f"valid_{k}" for row in rows for k in row.get("valid_result") or {}]))
 
 
 def flat_rows(rows, baseline):
@@ -160,87 +157,85 @@ def results_table(rows, baseline):
     return markdown_table(names, flat_rows(rows, baseline), cells)
 
 
-def _budget_line(meta):
-    budget = meta["budget"]
-    if budget["mode"] == "epochs":
-        return (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
-                "`train_seconds_per_epoch` measured")
-    return (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps per model "
-            "(the trainer's `max_steps`: epochs go on until then, the last one cut short); "
-            "`train_seconds_per_epoch` extrapolated as seconds/step x steps per epoch")
-
-
-def _eval_line(meta, rows):
-    ok = [r for r in rows if r.get("status") == "ok"]
-    total = ok[0]["eval_users_total"] if ok else None
-    mask = "" if meta.get("exclude_seen") is None else \
-        f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
-    if meta.get("eval_max_users"):
-        used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
-        of = f" of {total:,}" if total else ""
-        return (f"test split, full ranking, the first {used:,}{of} users of the test loader "
-                f"(`--eval_max_users={meta['eval_max_users']}`; the same users for every model)" + mask)
-    return "test split, full ranking, all " + (f"{total:,} " if total else "") + "test users" + mask
-
-
 def markdown_report(meta, rows):
     """results.md: header (protocol, machine, command), the table, column notes and failures."""
+    ok = [r for r in rows if r.get("status") == "ok"]
     ran = [r for r in rows if r.get("train_steps")]  # ok, or failed after training
-    first = ran[0] if ran else {}
-    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [meta.get("device", "?")]
-    threads = sorted({r["torch_threads"] for r in ran})
+    first, budget = ran[0] if ran else {}, meta["budget"]
+    if budget["mode"] == "epochs":
+        budget = (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
+                  "`train_seconds_per_epoch` measured")
+    else:
+        budget = (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps "
+                  "per model (the trainer's `max_steps`: epochs go on until then, the last one "
+                  "cut short); `train_seconds_per_epoch` extrapolated as seconds/step x steps "
+                  "per epoch")
+    total = ok[0]["eval_users_total"] if ok else None
+    if meta.get("eval_max_users"):
+        used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
+        evaluation = (f"the first {used:,}{f' of {total:,}' if total else ''} users of the test "
+                      f"loader (`--eval_max_users={meta['eval_max_users']}`; the same users for "
+                      "every model)")
+    else:
+        evaluation = "all " + (f"{total:,} " if total else "") + "test users"
+    if meta.get("exclude_seen") is not None:
+        evaluation += f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
+    devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [
+        meta.get("device", "?")]
+    threads = ", ".join(map(str, sorted({r["torch_threads"] for r in ran})))
+    process = ("this process (`--in_process`: peak memory not isolated)" if meta.get("in_process")
+               else "its own fresh process")
     lines = [
         f"# Benchmark: {meta['dataset']}", "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- dataset: `{meta['dataset']}` (data_path `{meta['data_path']}`)",
-        f"- budget: {_budget_line(meta)}",
-        f"- evaluation: {_eval_line(meta, rows)}",
+        f"- budget: {budget}",
+        f"- evaluation: test split, full ranking, {evaluation}",
         f"- seed: {meta['seed']} (every model)",
-        f"- device: {', '.join(devices)}" + (f"; torch threads: {', '.join(map(str, threads))}" if threads else ""),
+        f"- device: {', '.join(devices)}" + (f"; torch threads: {threads}" if threads else ""),
         f"- versions: torch {first.get('torch_version', meta.get('torch_version'))}, "
-        f"recbole {meta.get('recbole_version')}, recbole_semprune {meta['recbole_semprune_version']}, "
-        f"python {meta.get('python_version')}",
+        f"recbole {meta.get('recbole_version')}, "
+        f"recbole_semprune {meta['recbole_semprune_version']}, python {meta.get('python_version')}",
         f"- baseline of the `*_ratio` columns: {meta['baseline']}",
-        "- models run one after another, each in " + ("this process (`--in_process`: peak memory "
-                                                       "not isolated)" if meta.get("in_process") else "its own fresh process"),
+        f"- models run one after another, each in {process}",
     ]
     loads = [f"{r['model']} {r['load_average'][0]} -> {r['load_average'][1]}"
              for r in ran if None not in (r.get("load_average") or [None])]
     if loads:
-        lines.append("- machine load (1-min load average at the start -> end of each model's training, "
-                     f"{first.get('cpu_count')} CPUs; above the CPU count wall times are inflated): "
-                     + ", ".join(loads))
+        lines.append("- machine load (1-min load average at the start -> end of each model's "
+                     f"training, {first.get('cpu_count')} CPUs; above the CPU count wall times "
+                     "are inflated): " + ", ".join(loads))
     if meta.get("config_files"):
         lines.append(f"- config files: {', '.join(f'`{f}`' for f in meta['config_files'])}")
     for who, overrides in [("every model", meta.get("global_overrides"))] + [
             (f"{m} only", o) for m, o in (meta.get("model_overrides") or {}).items()]:
         if overrides:
-            lines.append(f"- overrides for {who}: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
+            lines.append(f"- overrides for {who}: "
+                         + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
     lines += ["", results_table(rows, meta["baseline"]), "", "Columns:", ""]
-    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio") if COLUMNS[n].text]
-    lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on a "
-                 "shared CPU read ratios, not absolute times.")
-    if len({r["eval_users_fingerprint"] for r in rows if r.get("status") == "ok"}) > 1:
+    lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio")
+              if COLUMNS[n].text]
+    lines.append("- `*_ratio`: this model's figure / the baseline's, from the same invocation; on "
+                 "a shared CPU read ratios, not absolute times.")
+    if len({r["eval_users_fingerprint"] for r in ok}) > 1:
         lines.append("- **warning**: the models were not evaluated on the same users "
                      "(their datasets order the test users differently).")
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
-        lines += ["", "Failures:", ""] + [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
 def write_tables(output, meta, rows):
     """results.json, results.csv and results.md of the models run so far."""
-    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    write_json(os.path.join(output, "results.json"), {"meta": meta, "rows": rows})
     names = columns("cost") + metric_columns(rows) + columns("ratio") + columns("md", "extra")
     write_csv(os.path.join(output, "results.csv"), names, flat_rows(rows, meta["baseline"]))
-    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_report(meta, rows))
+    write_text(os.path.join(output, "results.md"), markdown_report(meta, rows))
 
 
-# ---- plots -------------------------------------------------------------------------------------
 def plot(path, draw, title=None, **figure):
     """``draw(ax or axes, plt)`` on a new matplotlib figure (Agg), titled and written to ``path``
     (PNG). False, with a log line, without matplotlib (the plot skipped)."""
@@ -250,8 +245,8 @@ def plot(path, draw, title=None, **figure):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.info("matplotlib is not installed: skipping %s (pip install 'recbole-semprune[plot]')",
-                    os.path.basename(path))
+        logger.info("matplotlib is not installed: skipping %s (pip install "
+                    "'recbole-semprune[plot]')", os.path.basename(path))
         return False
     fig, ax = plt.subplots(**figure)
     draw(ax, plt)
@@ -260,6 +255,7 @@ def plot(path, draw, title=None, **figure):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    logger.info("plot: %s", path)
     return True
 
 
@@ -272,11 +268,11 @@ def scatter(ax, points, xlabel, ylabel):
     ax.grid(alpha=0.3)
 
 
-def lines(ax, rows, x, y, **style):
+def lines(ax, rows, x, y):
     """One line per model of ``rows`` (``y`` against ``x``)."""
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        ax.plot([r[x] for r in mine], [r[y] for r in mine], marker="o", label=model, **style)
+        ax.plot([r[x] for r in mine], [r[y] for r in mine], marker="o", label=model)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
 
@@ -284,7 +280,8 @@ def lines(ax, rows, x, y, **style):
 def _accuracy_metric(ok):
     """The metric plots show: the validation metric when the results have it."""
     tested = ok[0].get("test_result") or {}
-    return ok[0].get("valid_metric") if ok[0].get("valid_metric") in tested else next(iter(tested), None)
+    metric = ok[0].get("valid_metric")
+    return metric if metric in tested else next(iter(tested), None)
 
 
 def write_plot(path, rows, title=None):
@@ -299,31 +296,35 @@ def write_plot(path, rows, title=None):
     def draw(axes, plt):
         for ax, (key, label) in zip(axes[0], panels):
             values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
-            ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values], color="#4c72b0")
+            ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values],
+                   color="#4c72b0")
             ax.set_title(label)
             ax.tick_params(axis="x", rotation=30)
 
-    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2),
+                squeeze=False)
 
 
 def write_plots(output, meta, rows):
     """results.png, tradeoff.png (test accuracy against training seconds per epoch), curves.csv
-    and curves.png (every validation of every model); logs the plots written."""
-    title = f"{meta['dataset']}, {meta['budget']['mode']}={meta['budget']['value']}, seed {meta['seed']}"
-    written = {"results.png": write_plot(os.path.join(output, "results.png"), rows, title)}
+    and curves.png (every validation of every model)."""
+    budget = meta["budget"]
+    title = f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
+    write_plot(os.path.join(output, "results.png"), rows, title)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
     metric = _accuracy_metric(ok) if ok else None
-    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric)) for r in ok]
+    points = [(r["model"], r.get("train_seconds_per_epoch"), r["test_result"].get(metric))
+              for r in ok]
     points = [p for p in points if finite(p[1]) and finite(p[2])]
     if points:
-        written["tradeoff.png"] = plot(
-            os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
-                ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
-    curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"], **p["result"]}
-             for r in rows for p in (r.get("valid_curve") or [])]
+        plot(os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
+            ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
+    curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"],
+              **p["result"]} for r in rows for p in (r.get("valid_curve") or [])]
     metric = next((r.get("valid_metric") for r in rows if r.get("valid_curve")), None)
     if curve:
-        write_csv(os.path.join(output, "curves.csv"), list(dict.fromkeys(k for p in curve for k in p)), curve)
+        write_csv(os.path.join(output, "curves.csv"),
+                  list(dict.fromkeys(k for p in curve for k in p)), curve)
     if curve and metric in curve[0]:
         for point in curve:
             point["epochs"] = point["epoch"] + 1
@@ -332,6 +333,4 @@ def write_plots(output, meta, rows):
             lines(ax, curve, "epochs", metric)
             ax.set(xlabel="epoch", ylabel=f"validation {metric}")
 
-        written["curves.png"] = plot(os.path.join(output, "curves.png"), draw, title, figsize=(6.5, 4.5))
-    for name in [name for name, done in written.items() if done]:
-        logger.info("plot: %s", os.path.join(output, name))
+        plot(os.path.join(output, "curves.png"), draw, title, figsize=(6.5, 4.5))

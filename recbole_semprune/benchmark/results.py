@@ -1,19 +1,16 @@
 """Results mode: models trained to early stopping under one protocol, several seeds each
-(``python -m recbole_semprune.benchmark.results``, docs/results.md). Every (model, seed) is one
-resumable run of ``run_recbole_semprune`` in a fresh process, in ``<output>/<model>/seed-<seed>/``;
-after every run the tables (mean +- standard error over the seeds, history mask off and on,
-paired per-user differences against ``--baseline``) and the plot are rewritten."""
+(docs/results.md). Each (model, seed) is one resumable ``run_recbole_semprune`` in a fresh
+process in ``<output>/<model>/seed-<seed>/``; the tables are rewritten after every run."""
 
-import argparse
 import csv
+import glob
 import math
 import os
-import subprocess
 import sys
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    add_model_arguments, parse_models, parse_overrides, read_json, write_json,
+    model_parser, parse_models, read_json, run_module, write_json, write_text,
 )
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -21,27 +18,28 @@ MASKS = ("off", "on")
 FIGURES = ("epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb")
 SHOWN = FIGURES[1:]  # in results.md, headed and written as report.COLUMNS says
 RESULT_FILE, POSITIONS_FILE, SPEC_FILE = "result.json", "positions.csv", "spec.json"
+PROG = "python -m recbole_semprune.benchmark.results"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m recbole_semprune.benchmark.results",
-                                     description=__doc__.split("\n")[0], allow_abbrev=False)
-    add_model_arguments(parser)
-    parser.add_argument("--seeds", default="2020,2021,2022", help="seeds of every model (--MODEL.seeds: of one)")
+    parser = model_parser(PROG, __doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="2020,2021,2022",
+                        help="seeds of every model (--MODEL.seeds: of one)")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--only", default=None, help="run only these models (the tables keep all)")
     args, extra = parser.parse_known_args(argv)
-    labels = parse_models(parser, args).models
-    shared, overrides = parse_overrides(parser, extra, labels,
-                                        {"seed": "seeds are set with --seeds or --MODEL.seeds"})
-    seeds = {label: overrides[label].pop("seeds", shared.get("seeds", args.seeds)) for label in labels}
+    shared, overrides = parse_models(parser, args, extra,
+                                     {"seed": "seeds are set with --seeds or --MODEL.seeds"})
+    seeds = {label: overrides[label].pop("seeds", shared.get("seeds", args.seeds))
+             for label in args.models}
     shared.pop("seeds", None)
     try:
-        args.seeds = {label: [int(s) for s in value.split(",") if s.strip()] for label, value in seeds.items()}
+        args.seeds = {label: [int(s) for s in value.split(",") if s.strip()]
+                      for label, value in seeds.items()}
     except ValueError:
         parser.error("seeds are integers separated by commas, e.g. --seeds=2020,2021,2022")
-    args.only = labels if args.only is None else [m.strip() for m in args.only.split(",")]
-    unknown = sorted(set(args.only) - set(labels))
+    args.only = args.models if args.only is None else [m.strip() for m in args.only.split(",")]
+    unknown = sorted(set(args.only) - set(args.models))
     if unknown:
         parser.error(f"--only names {', '.join(unknown)}, not in --models")
     return args, shared, overrides
@@ -52,9 +50,9 @@ def run_spec(args, label, seed, shared, overrides):
     config_dict = {**shared, **overrides[label]}
     if args.data_path is not None:
         config_dict["data_path"] = os.path.abspath(args.data_path)
-    files = {"config_files": [os.path.abspath(f) for f in args.config_files]} if args.config_files else {}
+    files = {"config_files": [os.path.abspath(f) for f in args.config_files]}
     return {"model": label, "model_class": args.model_classes[label], "dataset": args.dataset,
-            "seed": seed, "config": config_dict, **files}
+            "seed": seed, "config": config_dict, **(files if args.config_files else {})}
 
 
 def run_one(spec, folder, threads=None):
@@ -70,7 +68,7 @@ def run_one(spec, folder, threads=None):
         torch.set_num_threads(threads)
     os.chdir(folder)
     saved = os.path.join(folder, "saved")
-    resume = os.path.isdir(saved) and any(name.endswith("-last.pth") for name in os.listdir(saved))
+    resume = bool(glob.glob(os.path.join(glob.escape(saved), "*-last.pth")))
     # values as on RecBole's command line: its Config reads "5" as 5, "[5,10]" as a list
     config_dict = {**spec["config"], "seed": spec["seed"], "checkpoint_dir": saved,
                    "resume": resume, "show_progress": False}
@@ -78,25 +76,18 @@ def run_one(spec, folder, threads=None):
     result = run_recbole_semprune(spec["model_class"], spec["dataset"], spec.get("config_files"),
                                   config_dict)
     config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
-    kmax = max(topk_list(config))
     columns = {}
     for mask in MASKS:
         init_seed(config["seed"], config["reproducibility"])
         position, _, users = rank_targets(model, config, test_data, mask == "on")
         columns[mask] = dict(zip(users.tolist(), position.tolist()))
-    users = sorted(columns["off"])
-    with open(POSITIONS_FILE + ".tmp", "w", encoding="utf-8") as f:
-        f.write("user_id\tposition_off\tposition_on\n")
-        f.writelines(f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\n" for u in users)
-    os.replace(POSITIONS_FILE + ".tmp", POSITIONS_FILE)
-    stats = {key: result[key] for key in ("epoch_stats", "valid_stats") if key in result}
+    write_text(POSITIONS_FILE, "user_id\tposition_off\tposition_on\n" + "".join(
+        f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\n" for u in sorted(columns["off"])))
     write_json(RESULT_FILE, {
-        "spec": spec,
-        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "spec": spec, "test_result": {k: float(v) for k, v in result["test_result"].items()},
         "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
-        "kmax": kmax,
-        "valid_metric": str(config["valid_metric"]).lower(),
-        **stats,
+        "kmax": max(topk_list(config)), "valid_metric": str(config["valid_metric"]).lower(),
+        **{key: result[key] for key in ("epoch_stats", "valid_stats") if key in result},
     })
 
 
@@ -130,15 +121,16 @@ def read_positions(path):
 
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    users = torch.tensor([int(r["user_id"]) for r in rows])
-    return users, {mask: torch.tensor([int(r[f"position_{mask}"]) for r in rows]) for mask in MASKS}
+    return torch.tensor([int(r["user_id"]) for r in rows]), {
+        mask: torch.tensor([int(r[f"position_{mask}"]) for r in rows]) for mask in MASKS}
 
 
 def mean_se(values):
     values = [v for v in values if v is not None and math.isfinite(v)]
     n = len(values)
     mean = sum(values) / n if n else math.nan
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+    return mean, se
 
 
 def collect(output, labels):
@@ -180,7 +172,8 @@ def paired_rows(runs, baseline):
             for seed in common:
                 (_, users_a, pos_a), (_, users_b, pos_b) = seeds[seed], runs[baseline][seed]
                 if not torch.equal(users_a, users_b):
-                    raise ValueError(f"{label} and {baseline} (seed {seed}) ranked other test users")
+                    raise ValueError(
+                        f"{label} and {baseline} (seed {seed}) ranked other test users")
                 pairs.append([per_user_metrics(pos[mask], [5, 10]) for pos in (pos_a, pos_b)])
             rows += [{"model": label, "mask": mask, "seeds": len(common), "metric": metric,
                       "model_value": a, "baseline_value": b, "difference": diff, "se": se}
@@ -198,7 +191,7 @@ def _cell(mean, se, digits=4):
 def write_tables(output, args):
     from recbole_semprune.analysis import difference_cells
 
-    runs = collect(output, list(args.model_classes))
+    runs = collect(output, args.models)
     rows, paired = model_rows(runs), paired_rows(runs, args.baseline)
     lines = [f"# Results: {args.dataset}", "",
              f"- command: `python -m recbole_semprune.benchmark.results {' '.join(args.argv)}`",
@@ -223,13 +216,12 @@ def write_tables(output, args):
                       r["model_value"], r["baseline_value"], r["difference"], r["se"])],
                   ["model", "mask", "seeds", "metric", "model", "baseline", "difference", "SE",
                    "diff / SE"], text=("mask", "metric"))]
-    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(output, "results.md"), "\n".join(lines) + "\n")
     if rows:
         report.write_csv(os.path.join(output, "results.csv"), list(rows[0]), rows)
     write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
-    shown = [(r["model"], r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"], r["ndcg@10_mask_off_se"])
-             for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
+    shown = [(r["model"], r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"],
+              r["ndcg@10_mask_off_se"]) for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
 
     def draw(ax, plt):
         ax.errorbar([p[1] for p in shown], [p[2] for p in shown], fmt="none", capsize=3,
@@ -265,18 +257,16 @@ def main(argv=None):
             print(f"[{label} seed {seed}] done", flush=True)
             continue
         old = read_json(os.path.join(folder, SPEC_FILE))
-        saved = os.path.join(folder, "saved")
-        for path in [RESULT_FILE, POSITIONS_FILE] + [os.path.join("saved", name) for name in (
-                os.listdir(saved) if os.path.isdir(saved) else []) if name.endswith("-last.pth")]:
-            if old is not None and old != spec and os.path.exists(os.path.join(folder, path)):
-                os.remove(os.path.join(folder, path))  # other settings: start that run again
+        if old is not None and old != spec:  # other settings: start that run again
+            for path in [os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE),
+                         *glob.glob(os.path.join(glob.escape(folder), "saved", "*-last.pth"))]:
+                if os.path.exists(path):
+                    os.remove(path)
         write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
-        command = [sys.executable, "-m", "recbole_semprune.benchmark.results", "--run",
-                   os.path.join(os.path.abspath(folder), SPEC_FILE)]
-        command += [str(args.threads)] if args.threads else []
-        with open(os.path.join(folder, "run.log"), "a", encoding="utf-8") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        code = run_module(["recbole_semprune.benchmark.results", "--run", os.path.join(
+            os.path.abspath(folder), SPEC_FILE)] + ([str(args.threads)] if args.threads else []),
+            os.path.join(folder, "run.log"), mode="a")
         if code:
             status = 1
             print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)

@@ -1,7 +1,5 @@
-"""One model of a benchmark: build, fit, evaluate (``python -m recbole_semprune.benchmark.worker
-SPEC.json``, or :func:`execute` in-process). Built as a run builds it, with the budget in the
-config; the figures come from the plugin trainer's ``epoch_stats`` / ``valid_stats``; the trainer
-writes its resume state to ``spec["last_checkpoint"]``, removed with the result (:func:`execute`)."""
+"""One model of a benchmark, built as a run builds it (the budget in its config), fitted and
+evaluated: ``python -m recbole_semprune.benchmark.worker SPEC.json``, or :func:`execute`."""
 
 import hashlib
 import json
@@ -42,8 +40,9 @@ def first_users_loader(loader, max_users):
     if max_users is None or len(users) <= max_users:
         return loader, users
     dataset = loader._dataset
-    rows = np.flatnonzero(np.isin(dataset.inter_feat[dataset.uid_field].numpy(), users[:max_users]))
-    restricted = type(loader)(loader.config, dataset.copy(dataset.inter_feat[torch.from_numpy(rows)]),
+    uids = dataset.inter_feat[dataset.uid_field].numpy()
+    rows = torch.from_numpy(np.flatnonzero(np.isin(uids, users[:max_users])))
+    restricted = type(loader)(loader.config, dataset.copy(dataset.inter_feat[rows]),
                               loader._sampler, shuffle=False)
     if isinstance(getattr(loader, "batch_sampler", None), LengthBucketBatchSampler):
         use_length_buckets(restricted, loader.config, shuffle=False)  # as the full loader
@@ -51,11 +50,13 @@ def first_users_loader(loader, max_users):
 
 
 def device_name(device):
+    """The GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip()
+                        for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
@@ -75,7 +76,8 @@ def epoch_figures(stats, budget, steps_per_epoch):
         "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
         "padding_share": 1 - tokens / slots if slots else float("nan"),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in stats),
-        "train_cpu_seconds": cpu, "train_cpu_seconds_per_step": cpu / steps if steps else float("nan"),
+        "train_cpu_seconds": cpu,
+        "train_cpu_seconds_per_step": cpu / steps if steps else float("nan"),
     }
     for key in PRUNING_FIGURES:  # a pruning model's kept tokens, averaged over steps
         weighted = [(s[key], s["steps"]) for s in stats if key in s]
@@ -84,9 +86,9 @@ def epoch_figures(stats, budget, steps_per_epoch):
     return figures
 
 
-def run_model(spec, on_trained):
-    """Build, fit and evaluate ``spec["model"]``; returns the result dict (docs/benchmarks.md).
-    ``on_trained(result)`` receives the training figures before evaluation starts."""
+def run_model(spec):
+    """Build, fit and evaluate ``spec["model"]``; returns the result (docs/benchmarks.md), after
+    writing the training figures alone to ``trained.json``."""
     import recbole
     from recbole.utils import init_logger, init_seed
 
@@ -98,14 +100,17 @@ def run_model(spec, on_trained):
     if spec.get("init_logger"):
         init_logger(config)
     last_file = spec.get("last_checkpoint")
-    resume = (last_file, load_resume_state(last_file, config)) if last_file and os.path.exists(last_file) else None
+    resume = None
+    if last_file and os.path.exists(last_file):
+        resume = (last_file, load_resume_state(last_file, config))
     init_seed(config["seed"], config["reproducibility"])
     start = perf_counter()
     _, train_data, valid_data, test_data, model, trainer = _build(config, resume=resume)
     build_seconds = perf_counter() - start
     if not hasattr(trainer, "epoch_stats"):
-        raise RuntimeError(f"{spec['model']} trains with {type(trainer).__name__}, outside RecBole's "
-                           "Trainer family: it records no per-epoch figures to time it by")
+        raise RuntimeError(f"{spec['model']} trains with {type(trainer).__name__}, outside "
+                           "RecBole's Trainer family: it records no per-epoch figures to time "
+                           "it by")
     trainer.last_checkpoint_file, trainer.progress_seconds = last_file, PROGRESS_SECONDS
 
     with PeakMemory(config["device"]) as before:  # an empty window: memory held before training
@@ -124,8 +129,7 @@ def run_model(spec, on_trained):
         "model": spec["model"], "model_class": spec.get("model_class", spec["model"]),
         "status": "trained", "dataset": config["dataset"], "budget": spec["budget"],
         "params": sum(p.numel() for p in model.parameters()), "steps_per_epoch": len(train_data),
-        **figures,
-        "memory_before_train_mb": before.peak_mb,
+        **figures, "memory_before_train_mb": before.peak_mb,
         "load_average": [load_start, _load_average()],  # 1-min load at the start / end of training
         "cpu_count": os.cpu_count(), "build_seconds": build_seconds, "epoch_stats": stats,
         "seed": config["seed"], "device": str(device), "device_name": device_name(device),
@@ -139,21 +143,23 @@ def run_model(spec, on_trained):
     }
     if trainer.valid_stats:
         curve = [{"epoch": v["epoch"], "train_seconds": v["train_seconds"],
-                  "result": {k: float(x) for k, x in v["result"].items()}} for v in trainer.valid_stats]
+                  "result": {k: float(x) for k, x in v["result"].items()}}
+                 for v in trainer.valid_stats]
         result.update(valid_seconds=sum(v["seconds"] for v in trainer.valid_stats),
                       valid_result=curve[-1]["result"], valid_curve=curve)
-    on_trained(dict(result))
+    write_json(os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE), result)
 
     eval_loader, users = first_users_loader(test_data, spec.get("eval_max_users"))
     with PeakMemory(config["device"]) as eval_memory:
         begin = perf_counter()
-        test_result = trainer.evaluate(eval_loader, load_best_model=False, show_progress=config["show_progress"])
+        test_result = trainer.evaluate(eval_loader, load_best_model=False,
+                                       show_progress=config["show_progress"])
         eval_seconds = perf_counter() - begin
-    tokens = test_data._dataset.id2token(test_data._dataset.uid_field, users)
+    tokens = "\n".join(map(str, test_data._dataset.id2token(test_data._dataset.uid_field, users)))
     result.update({
         "status": "ok", "eval_users": int(len(users)),
         "eval_users_total": int(len(_user_order(test_data))),
-        "eval_users_fingerprint": hashlib.sha1("\n".join(map(str, tokens)).encode()).hexdigest()[:12],
+        "eval_users_fingerprint": hashlib.sha1(tokens.encode()).hexdigest()[:12],
         "eval_seconds": eval_seconds, "eval_seconds_per_user": eval_seconds / max(len(users), 1),
         "eval_peak_memory_mb": eval_memory.peak_mb,
         "test_result": {k: float(v) for k, v in test_result.items()},
@@ -182,7 +188,8 @@ def utilisation(model, train_data, figures, device, n_batches=2):
     model_rate = float(np.mean(counts)) * figures["train_steps"] / figures[
         "train_seconds" if cuda else "train_cpu_seconds"]
     size, a = 2048, torch.randn(2048, 2048, device=device)
-    clock, sync = (perf_counter, lambda: torch.cuda.synchronize(device)) if cuda else (process_time, lambda: None)
+    clock, sync = ((perf_counter, lambda: torch.cuda.synchronize(device)) if cuda
+                   else (process_time, lambda: None))
     torch.mm(a, a)
     sync()
     runs, begin, wall = 0, clock(), perf_counter()
@@ -203,12 +210,9 @@ def _load_average():
 
 
 def execute(spec):
-    """Runs the model of ``spec``: its training figures to ``trained.json`` before evaluation,
-    then its result; then removes its resume state (nothing left to resume)."""
-    trained_path = os.path.join(os.path.dirname(spec["result_path"]), TRAINED_FILE)
+    """Runs the model of ``spec``, writes its result, removes its resume state."""
     with torch_threads(spec.get("threads")):  # in-process runs keep the caller's setting
-        result = run_model(spec, lambda partial: write_json(trained_path, partial))
-    write_json(spec["result_path"], result)
+        write_json(spec["result_path"], run_model(spec))
     if spec.get("last_checkpoint") and os.path.exists(spec["last_checkpoint"]):
         os.remove(spec["last_checkpoint"])
 
