@@ -40,9 +40,11 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, model, config, pruner=None):
         super().__init__()
-        self.encoder = TransformerStack.from_config(config, config["n_layers"])
+        self.encoder = TransformerStack.from_config(config, config["n_layers"],
+                                                    fast_dropout=model.fast_dropout)
         n_dec_layers = validate.integer("n_dec_layers", config["n_dec_layers"], low=1)
-        self.decoder = TransformerStack.from_config(config, n_dec_layers, cross_attention=True)
+        self.decoder = TransformerStack.from_config(config, n_dec_layers, cross_attention=True,
+                                                    fast_dropout=model.fast_dropout)
         self.pruner = pruner
 
     def encode(self, model, item_seq, item_seq_len):
@@ -121,7 +123,8 @@ class DecoderOnly(nn.Module):
                 "token would be predicted from a selection that depended on it. Set "
                 "dense_loss=False, or prune_scorer=none"
             )
-        self.decoder = TransformerStack.from_config(config, config["n_layers"])
+        self.decoder = TransformerStack.from_config(config, config["n_layers"],
+                                                    fast_dropout=model.fast_dropout)
         self.pruner = pruner
 
     @staticmethod

@@ -2,7 +2,8 @@
 
 Everything runs on :func:`torch.nn.functional.scaled_dot_product_attention` (the "fused" path);
 the explicit ``softmax(QK^T / sqrt(d) + mask)`` path is taken only where the attention
-probabilities are asked for (``need_weights=True``), e.g. by one chosen layer for token pruning.
+probabilities are asked for (``need_weights=True``), e.g. by one chosen layer for token pruning,
+or where fast dropout masks attention probabilities (:class:`Dropout`, ``fast_dropout``).
 
 Conventions
 -----------
@@ -194,6 +195,44 @@ def open_empty_rows(mask: Optional[torch.Tensor]):
     return mask | ~row_ok, row_ok
 
 
+def fast_keep_mask(shape, p, device=None):
+    """A bool mask of ``shape``, each entry False with probability ``p`` (rounded to a multiple
+    of 2**-16), and the probability it used: 16-bit random integers, four from each 64-bit draw
+    of torch's generator, compared with a threshold. On a CPU, torch's Bernoulli sampler draws
+    once per entry, and its dropout costs about 40% of a TIGER training step
+    (docs/benchmarks.md)."""
+    n = math.prod(shape)
+    bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    dropped = round(p * 65536)
+    keep = bits.view(torch.int16)[:n].view(shape) >= dropped - 32768
+    return keep, dropped / 65536
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout`, or, with ``fast=True``, the same dropout (each entry zeroed with
+    probability ``p``, the rest scaled by ``1 / (1 - p)``) with masks from
+    :func:`fast_keep_mask`. Its own random stream: a run with ``fast`` differs from one
+    without, and is reproducible for a seed. No parameters, so checkpoints are unchanged."""
+
+    def __init__(self, p: float = 0.5, fast: bool = False):
+        super().__init__(p)
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.fast)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, fast={self.fast}"
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tensor:
+    """``F.dropout(x, p, training)``; with ``fast``, its masks from :func:`fast_keep_mask`."""
+    if not fast or not training or p == 0:
+        return F.dropout(x, p, training)
+    keep, p = fast_keep_mask(x.shape, p, x.device)
+    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))  # a float mask: the fastest product on CPU
+
+
 def masked_probs(scores, mask, row_ok, dtype):
     """Attention probabilities of ``scores`` under a mask from :func:`open_empty_rows`, rows that
     may attend to nothing all 0."""
@@ -219,6 +258,7 @@ class MultiHeadAttention(nn.Module):
         hidden_dropout_prob: float = 0.0,
         bias: bool = True,
         attn_dropout_mode: str = "probs",
+        fast_dropout: bool = False,
     ):
         super().__init__()
         if attn_dropout_mode not in ATTN_DROPOUT_MODES:
@@ -235,11 +275,12 @@ class MultiHeadAttention(nn.Module):
         self.inner_size = n_heads * head_size
         self.attn_dropout_prob = attn_dropout_prob
         self.attn_dropout_mode = attn_dropout_mode
+        self.fast_dropout = fast_dropout
         self.q_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
         self.k_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
         self.v_proj = nn.Linear(hidden_size, self.inner_size, bias=bias)
         self.out_proj = nn.Linear(self.inner_size, hidden_size, bias=bias)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.dropout = Dropout(hidden_dropout_prob, fast_dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, inner] -> [B, H, T, head_size]."""
@@ -303,6 +344,9 @@ class MultiHeadAttention(nn.Module):
         q_len, k_len = q.shape[2], k.shape[2]
         dropout_p = self.attn_dropout_prob if self.training else 0.0
         drop_keys = dropout_p > 0 and self.attn_dropout_mode == "keys" and not need_weights
+        # torch's fused kernel draws its own masks: fast masks on the probabilities need the
+        # explicit path (what the CPU kernel runs anyway when it has to drop probabilities)
+        explicit = need_weights or (dropout_p > 0 and self.fast_dropout and not drop_keys)
 
         fast_causal = causal and attn_mask is None and key_padding_mask is None \
             and q_len == k_len and not drop_keys
@@ -312,21 +356,22 @@ class MultiHeadAttention(nn.Module):
         if drop_keys:
             # DropKey: each query loses each key with probability p before the softmax, which
             # renormalises over the keys left; the fused kernel takes it as part of the mask
-            keep = torch.rand(q.shape[0], q.shape[1], q_len, k_len, device=q.device) >= dropout_p
+            shape = (q.shape[0], q.shape[1], q_len, k_len)
+            keep = fast_keep_mask(shape, dropout_p, q.device)[0] if self.fast_dropout \
+                else torch.rand(shape, device=q.device) >= dropout_p
             mask = keep if mask is None else mask & keep
             dropout_p = 0.0
         mask, row_ok = open_empty_rows(mask)
 
         probs = None
-        if need_weights:
+        if explicit:
             scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size))
             if fast_causal:
                 mask = build_attention_mask(q_len, k_len, causal=True, device=q.device)
             probs = masked_probs(scores, mask, row_ok, q.dtype)
-            dropped = F.dropout(probs, p=dropout_p, training=self.training)
+            dropped = dropout(probs, dropout_p, self.training, self.fast_dropout)
             out = torch.matmul(dropped, v)
-            if weights_after_dropout:
-                probs = dropped
+            probs = (dropped if weights_after_dropout else probs) if need_weights else None
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fast_causal
@@ -357,8 +402,8 @@ class MultiHeadAttention(nn.Module):
         mask, row_ok = open_empty_rows(build_attention_mask(
             q_len, n_shared + k.shape[2], key_padding_mask, causal, attn_mask, device=q.device
         ))
-        probs = F.dropout(masked_probs(scores, mask, row_ok, q.dtype),
-                          p=self.attn_dropout_prob if self.training else 0.0, training=self.training)
+        probs = dropout(masked_probs(scores, mask, row_ok, q.dtype), self.attn_dropout_prob,
+                        self.training, self.fast_dropout)
         shared_out = torch.matmul(fold_groups(probs[..., :n_shared], rows), shared_v)
         return unfold_groups(shared_out, batch) + torch.matmul(probs[..., n_shared:], v)
 
@@ -370,14 +415,14 @@ class FeedForward(nn.Module):
     """Position-wise feed-forward: Linear -> activation -> dropout -> Linear -> dropout."""
 
     def __init__(self, hidden_size: int, inner_size: int, hidden_dropout_prob: float = 0.0,
-                 activation: str = "gelu", bias: bool = True):
+                 activation: str = "gelu", bias: bool = True, fast_dropout: bool = False):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.act = _ACTIVATIONS[activation]
         self.fc1 = nn.Linear(hidden_size, inner_size, bias=bias)
         self.fc2 = nn.Linear(inner_size, hidden_size, bias=bias)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.dropout = Dropout(hidden_dropout_prob, fast_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.dropout(self.act(self.fc1(x)))))
@@ -400,23 +445,25 @@ class TransformerLayer(nn.Module):
         cross_attention: bool = False,
         bias: bool = True,
         attn_dropout_mode: str = "probs",
+        fast_dropout: bool = False,
     ):
         super().__init__()
         inner_size = 4 * hidden_size if inner_size is None else inner_size
         self.self_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.self_attn = MultiHeadAttention(
             hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias,
-            attn_dropout_mode,
+            attn_dropout_mode, fast_dropout,
         )
         self.cross_norm = self.cross_attn = None
         if cross_attention:
             self.cross_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
             self.cross_attn = MultiHeadAttention(
                 hidden_size, n_heads, head_size, attn_dropout_prob, hidden_dropout_prob, bias,
-                attn_dropout_mode,
+                attn_dropout_mode, fast_dropout,
             )
         self.ff_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.ffn = FeedForward(hidden_size, inner_size, hidden_dropout_prob, activation, bias)
+        self.ffn = FeedForward(hidden_size, inner_size, hidden_dropout_prob, activation, bias,
+                               fast_dropout)
 
     def init_cache(self, memory: Optional[torch.Tensor] = None,
                    memory_padding_mask: Optional[torch.Tensor] = None) -> dict:
@@ -493,7 +540,7 @@ class TransformerStack(nn.Module):
     def __init__(self, n_layers: int, hidden_size: int, n_heads: int,
                  layer_norm_eps: float = 1e-6, cross_attention: bool = False, **layer_options):
         """``layer_options``: the other arguments of :class:`TransformerLayer` (head_size,
-        inner_size, dropouts, activation, bias, attn_dropout_mode)."""
+        inner_size, dropouts, activation, bias, attn_dropout_mode, fast_dropout)."""
         super().__init__()
         self.n_layers = n_layers
         self.cross_attention = cross_attention
@@ -506,14 +553,15 @@ class TransformerStack(nn.Module):
         self.apply(init_weights)
 
     @classmethod
-    def from_config(cls, config, n_layers, cross_attention=False):
-        """A stack of ``n_layers`` with the sizes of a model's config (SASRec's key names)."""
+    def from_config(cls, config, n_layers, cross_attention=False, fast_dropout=False):
+        """A stack of ``n_layers`` with the sizes of a model's config (SASRec's key names);
+        ``fast_dropout``: the model's (:class:`Dropout`)."""
         return cls(
             n_layers, config["hidden_size"], config["n_heads"], config["layer_norm_eps"],
             cross_attention, head_size=config["head_size"], inner_size=config["inner_size"],
             attn_dropout_prob=config["attn_dropout_prob"],
             hidden_dropout_prob=config["hidden_dropout_prob"], activation=config["hidden_act"],
-            attn_dropout_mode=config["attn_dropout_mode"],
+            attn_dropout_mode=config["attn_dropout_mode"], fast_dropout=fast_dropout,
         )
 
     def init_cache(self, memory: Optional[torch.Tensor] = None,

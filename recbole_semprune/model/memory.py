@@ -134,7 +134,8 @@ class RecurrentMemory(nn.Module):
     def __init__(self, model, config):
         super().__init__()
         d, c = model.hidden_size, model.mem_tokens
-        self.decoder = TransformerStack.from_config(config, config["n_layers"])
+        self.decoder = TransformerStack.from_config(config, config["n_layers"],
+                                                    fast_dropout=model.fast_dropout)
         self.query_embedding = nn.Embedding(c, d)
         self.memory_slot_embedding = nn.Embedding(c, d)
         self.memory_proj = nn.Linear(d, d)

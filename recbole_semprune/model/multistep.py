@@ -53,14 +53,15 @@ class MultiStepHeads(nn.Module):
     ``[0, steps)`` (0 = the first step beyond the ordinary target)."""
 
     def __init__(self, steps, hidden_size, shared, dropout, activation, layer_norm_eps,
-                 initializer_range):
+                 initializer_range, fast_dropout=False):
         super().__init__()
         self.shared = shared
         n_blocks = 1 if shared else steps
         self.step_embedding = nn.Embedding(steps, hidden_size) if shared else None
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps)
                                    for _ in range(n_blocks))
-        self.blocks = nn.ModuleList(FeedForward(hidden_size, hidden_size, dropout, activation)
+        self.blocks = nn.ModuleList(FeedForward(hidden_size, hidden_size, dropout, activation,
+                                                fast_dropout=fast_dropout)
                                     for _ in range(n_blocks))
         self.apply(lambda module: init_weights(module, initializer_range))
 
@@ -105,7 +106,7 @@ class MultiStep(nn.Module):
             self.heads = MultiStepHeads(
                 self.steps, model.hidden_size, self.settings.heads == "shared",
                 model.hidden_dropout_prob, model.hidden_act, model.layer_norm_eps,
-                model.initializer_range,
+                model.initializer_range, model.fast_dropout,
             )
         if self.settings.active and not self.on_stream:
             self.start = nn.Parameter(torch.randn(self.steps, model.hidden_size)

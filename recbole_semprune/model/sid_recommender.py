@@ -16,7 +16,7 @@ from recbole_semprune import validate
 from recbole_semprune.checkpoint import rename_legacy_keys
 from recbole_semprune.model.code_head import CodeHead
 from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
-from recbole_semprune.model.layers import init_weights
+from recbole_semprune.model.layers import Dropout, init_weights
 from recbole_semprune.model.sid_checks import (
     check_beam_size, check_item_count, check_sid_settings, fit_codebook,
 )
@@ -58,6 +58,7 @@ class SIDRecommender(SequentialRecommender):
             setattr(self, key, config[key])
         self.beam_size = check_beam_size(config)
         self.padding_free = validate.boolean("padding_free", config["padding_free"])
+        self.fast_dropout = validate.boolean("fast_dropout", config["fast_dropout"])
         # generate only items that are not in the input history (for data without repeats)
         self.exclude_seen = bool(config["exclude_seen"])
 
@@ -65,7 +66,7 @@ class SIDRecommender(SequentialRecommender):
         self.token_embedding = nn.Embedding(self.n_codes + 2, self.hidden_size, padding_idx=0)
         self.level_embedding = nn.Embedding(self.n_levels, self.hidden_size)
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
-        self.embedding_dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.embedding_dropout = Dropout(self.hidden_dropout_prob, self.fast_dropout)
         self.output = CodeHead(self.hidden_size, level_sizes)
         self._register_load_state_dict_pre_hook(rename_legacy_keys)
 
