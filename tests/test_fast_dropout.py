@@ -43,6 +43,18 @@ def test_fast_dropout_scales_kept_entries_and_masks_their_gradient():
     assert isinstance(layer, nn.Dropout) and "fast=True" in repr(layer)
 
 
+@pytest.mark.parametrize("p, kept", [(1.0, 0.0), (1 - 2 ** -18, 0.0), (2 ** -18, 1.0)])
+def test_fast_dropout_at_the_edges_of_the_rate(p, kept):
+    """Rates that round to 1 drop everything (no division by zero), to 0 keep everything."""
+    torch.manual_seed(0)
+    x = torch.rand(100, 100) + 0.5
+    y = Dropout(p, fast=True).train()(x)
+    assert (y != 0).float().mean().item() == kept
+    assert torch.isfinite(y).all()
+    if kept:
+        assert torch.equal(y, x)
+
+
 def test_default_dropout_is_torchs():
     x = torch.randn(50, 60)
     torch.manual_seed(2)

@@ -230,6 +230,8 @@ def dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tens
     if not fast or not training or p == 0:
         return F.dropout(x, p, training)
     keep, p = fast_keep_mask(x.shape, p, x.device)
+    if p >= 1.0:  # everything dropped (p rounded up to 1), as torch's dropout
+        return x * 0.0
     return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))  # a float mask: the fastest product on CPU
 
 
