@@ -113,3 +113,22 @@ def test_fast_dropout_in_a_model_trains_reproducibly_and_evaluates_unchanged(tin
 def test_fast_dropout_must_be_a_bool(tiny_data):
     with pytest.raises(ValueError, match="fast_dropout must be True or False"):
         build_tiny("TIGER", {**tiny_data, **TINY_SID}, fast_dropout="yes")
+
+
+def test_fast_dropkey_masks_keys_before_the_softmax():
+    """DropKey with fast masks: the keys each query loses come from :func:`fast_keep_mask`."""
+    from recbole_semprune.model.layers import masked_probs, open_empty_rows
+
+    torch.manual_seed(6)
+    mha = MultiHeadAttention(16, n_heads=2, head_size=8, attn_dropout_prob=0.3,
+                             attn_dropout_mode="keys", fast_dropout=True).train()
+    x = torch.randn(4, 5, 16)
+    torch.manual_seed(7)
+    out, _, (k, v) = mha(x)
+    q = mha._heads(mha.q_proj(x))
+    torch.manual_seed(7)
+    keep, _ = fast_keep_mask((4, 2, 5, 5), 0.3)
+    mask, row_ok = open_empty_rows(keep)
+    probs = masked_probs(q @ k.transpose(-1, -2) / math.sqrt(8), mask, row_ok, q.dtype)
+    expected = mha.out_proj((probs @ v).transpose(1, 2).reshape(4, 5, 16))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
