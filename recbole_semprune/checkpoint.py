@@ -164,12 +164,20 @@ def config_differences(saved, config):
     """``[(key, saved value, this run's value)]`` of the keys that make a run another run
     (all but :data:`RESUME_FREE_KEYS`)."""
     saved_dict, dict_now = saved.final_config_dict, config.final_config_dict
+    defaults = getattr(config, "internal_config_dict", None) or {}
     keys = sorted((set(saved_dict) | set(dict_now)) - RESUME_FREE_KEYS, key=str)
     return [
         (key, saved_dict.get(key), dict_now.get(key))
         for key in keys
         if not _same(saved_dict.get(key), dict_now.get(key))
+        and not _added_since_at_default(key, saved_dict, dict_now, defaults)
     ]
+
+
+def _added_since_at_default(key, saved_dict, dict_now, defaults):
+    """A key the saved run's version of the library did not have yet, left at its default
+    here: the same run, since a key is added with a default that keeps the earlier behaviour."""
+    return key not in saved_dict and key in defaults and _same(defaults[key], dict_now.get(key))
 
 
 def describe_differences(differences, limit=6):

@@ -245,3 +245,23 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["state.pth"]  # no partial file left behind
     checkpoint.atomic_save({"value": 3}, path)
     assert load_checkpoint(path) == {"value": 3}
+
+
+def test_key_added_since_the_checkpoint_resumes_only_at_its_default():
+    """A run saved before a key existed (fast_dropout, say) resumes when this run leaves the
+    key at its library default, and is another run when this run sets it otherwise."""
+    from types import SimpleNamespace
+
+    defaults = {"fast_dropout": False, "learning_rate": 0.001}
+    saved = SimpleNamespace(final_config_dict={"learning_rate": 0.001})
+
+    def now(**settings):
+        return SimpleNamespace(final_config_dict={**defaults, **settings},
+                               internal_config_dict=defaults)
+
+    assert checkpoint.config_differences(saved, now()) == []
+    assert checkpoint.config_differences(saved, now(fast_dropout=True)) == [
+        ("fast_dropout", None, True)]
+    # a key the saved run had is compared as before, default or not
+    saved_with = SimpleNamespace(final_config_dict={"learning_rate": 0.001, "fast_dropout": True})
+    assert checkpoint.config_differences(saved_with, now()) == [("fast_dropout", True, False)]
