@@ -1,7 +1,6 @@
 """Per-user ranking figures of a trained sequential model, for analyses RecBole's evaluator does
 not give: metrics by history length, and paired differences between two models on the same
-users (``scripts/evaluate_checkpoint.py``, ``scripts/compare_checkpoints.py``,
-``scripts/rec2pm_memory_probe.py``).
+users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``).
 
 Every evaluation row of a sequential RecBole dataset has one target item, so a user's Recall@k
 is 1 if the target is in its top k and its NDCG@k is ``1 / log2(position + 2)`` then (position
@@ -86,6 +85,20 @@ def per_user_metrics(position, topk):
         values[f"recall@{k}"] = hit
         values[f"ndcg@{k}"] = hit / torch.log2(rank + 2)
     return values
+
+
+def metrics_by_length(position, length, bounds, topk):
+    """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
+    positions ``[N]`` grouped by their history lengths ``[N]`` (groups bounded by ``bounds``)."""
+    group = torch.bucketize(length, torch.tensor(bounds), right=True)
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip([1, *bounds], bounds)] + [f">={bounds[-1]}"]
+    rows = []
+    for number, name in enumerate(names):
+        users = int((group == number).sum())
+        values = per_user_metrics(position[group == number], topk)
+        rows.append((name, users, {m: float(v.mean()) if users else float("nan")
+                                   for m, v in values.items()}))
+    return rows
 
 
 def paired_difference(a, b):

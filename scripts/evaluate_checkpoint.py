@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Re-evaluate a saved checkpoint under inference-only settings: one table row per variant.
+"""Re-evaluate saved checkpoints: inference-only variants of one, or a paired comparison of two.
 
     python scripts/evaluate_checkpoint.py saved/Rec2PM-....pth \\
         --variants="exclude_seen=False;exclude_seen=True;memory_mode=append,exclude_seen=True"
+    python scripts/evaluate_checkpoint.py --compare A.pth B.pth [A2.pth B2.pth ...]
 
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` over ``INFERENCE_KEYS`` (empty: as saved); each row is
 RecBole's evaluator on the checkpoint's own split and metrics. ``--length_groups=50,200`` adds
-Recall / NDCG per history length group. See README.md.
+Recall / NDCG per history length group. ``--compare``: per metric A, B, the mean per-user
+difference A - B, its standard error and their ratio; several pairs (seeds) pool per user
+(README.md, docs/results.md).
 """
 
 import os
@@ -19,7 +22,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
-    load_checkpoint, per_user_metrics, rank_targets, set_exclude_seen, topk_list,
+    difference_cells, load_checkpoint, metrics_by_length, per_user_metrics, pooled_difference,
+    rank_targets, set_exclude_seen, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
 from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
@@ -32,6 +36,10 @@ INFERENCE_KEYS = {"exclude_seen": bool, "beam_size": int, "memory_mode": str}
 
 class VariantError(ValueError):
     """A variant names an unknown key, a wrong value, or a key the model does not have."""
+
+
+class CompareError(ValueError):
+    """The two checkpoints cannot be compared user by user."""
 
 
 def parse_variant(text):
@@ -57,7 +65,7 @@ def apply_variant(model, config, settings):
     ``exclude_seen`` is every model's (the trainer's history mask)."""
     from recbole_semprune.model.rec2pm import MEMORY_MODES
 
-    for key, value in settings.items():
+    for key in settings:
         if key != "exclude_seen" and not hasattr(model, key):
             raise VariantError(f"{type(model).__name__} has no {key!r}")
     if settings.get("memory_mode", MEMORY_MODES[0]) not in MEMORY_MODES:
@@ -81,19 +89,6 @@ def parse_groups(text):
     if any(b <= 1 for b in bounds) or bounds != sorted(set(bounds)):
         raise VariantError(f"--length_groups must be increasing lengths above 1, got {text!r}")
     return bounds
-
-
-def metrics_by_length(position, length, bounds, topk):
-    """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
-    positions ``[N]`` grouped by their history lengths ``[N]``."""
-    group = torch.bucketize(length, torch.tensor(bounds), right=True)
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip([1, *bounds], bounds)] + [f">={bounds[-1]}"]
-    rows = []
-    for number, name in enumerate(names):
-        users = int((group == number).sum())
-        values = per_user_metrics(position[group == number], topk)
-        rows.append((name, users, {m: float(v.mean()) if users else float("nan") for m, v in values.items()}))
-    return rows
 
 
 def evaluate_variants(model_file, variants, split="test", length_groups=None):
@@ -130,21 +125,82 @@ def markdown(rows):
     return "\n\n".join(tables)
 
 
+def ranked_users(model_file, split, exclude_seen):
+    """``(model name, topk, positions [N], user ids [N])`` of one checkpoint, rows by user id."""
+    config, model, data = load_checkpoint(model_file, split)
+    position, _, users = rank_targets(model, config, data, exclude_seen)
+    order = torch.argsort(users)
+    return config["model"], topk_list(config), position[order], users[order]
+
+
+def compare(file_a, file_b, split="test", exclude_seen=None):
+    """``(name A, name B, users, rows)``, rows ``(metric, A, B, A - B, standard error)``."""
+    return compare_runs([(file_a, file_b)], split, exclude_seen)[-1]
+
+
+def compare_runs(pairs, split="test", exclude_seen=None):
+    """One result of :func:`compare` per ``(file A, file B)`` pair, then, for several pairs,
+    the pooled one: A and B averaged over the runs, each user's difference over the pairs."""
+    runs = [[ranked_users(f, split, exclude_seen) for f in pair] for pair in pairs]
+    users = runs[0][0][3]
+    for path, run in zip(sum(map(list, pairs), []), sum(runs, [])):
+        if not torch.equal(run[3], users):
+            raise CompareError(f"the {split} rows of {path} are not the same users as those of "
+                               f"{pairs[0][0]} ({len(run[3])} vs {len(users)} rows): same dataset "
+                               "and eval_args needed")
+    topks = [side[1] for run in runs for side in run]
+    topk = [k for k in topks[0] if all(k in other for other in topks)]
+    if not topk:
+        raise CompareError(f"no common topk: {' vs '.join(map(str, topks))}")
+    metrics = [[per_user_metrics(side[2], topk) for side in run] for run in runs]
+    groups = [[i] for i in range(len(runs))] + ([list(range(len(runs)))] if len(runs) > 1 else [])
+    results = []
+    for group in groups:
+        names = ["/".join(dict.fromkeys(runs[i][side][0] for i in group)) for side in (0, 1)]
+        names = [f"{name} ({len(group)} runs)" if len(group) > 1 else name for name in names]
+        results.append((*names, len(users), pooled_difference([metrics[i] for i in group])))
+    return results
+
+
 def main(argv=None):
-    parser = checkpoint_parser(__doc__, exclude_seen=False, help="a checkpoint of a plugin run")
+    parser = checkpoint_parser(__doc__)
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                        help="a checkpoint of a plugin run; with --compare: A B [A2 B2 ...]")
+    parser.add_argument("--compare", action="store_true", help="paired per-user comparison of "
+                        "checkpoints A, B of the same dataset and protocol; more pairs pool")
     parser.add_argument("--variants", default="", help="';'-separated KEY=VALUE[,KEY=VALUE] sets")
     parser.add_argument("--output", default=None, help="also write the table to this file")
     parser.add_argument("--length_groups", default=None, help="history lengths, e.g. 50,200")
-    args = parse_checkpoint_args(parser, argv)
+    args = parse_checkpoint_args(parser, argv, "checkpoints")
+    files = args.checkpoints
+    if not args.compare and (len(files) != 1 or args.exclude_seen is not None):
+        parser.error("one checkpoint (--exclude_seen is a variant here), or --compare A B ...")
+    if args.compare and (len(files) % 2 or args.variants or args.length_groups or args.output):
+        parser.error(f"--compare takes checkpoints in pairs A B (got {len(files)}) and no "
+                     "--variants, --length_groups or --output")
     try:
-        rows = evaluate_variants(args.model_file, args.variants.split(";"), args.split, args.length_groups)
-    except VariantError as error:
+        if not args.compare:
+            rows = evaluate_variants(files[0], args.variants.split(";"), args.split,
+                                     args.length_groups)
+        else:
+            pairs = list(zip(files[::2], files[1::2]))
+            results = compare_runs(pairs, args.split, args.exclude_seen)
+    except (VariantError, CompareError) as error:
         parser.error(str(error))
-    print(markdown(rows))
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(markdown(rows) + "\n")
-    return rows
+    if not args.compare:
+        print(markdown(rows))
+        if args.output:
+            with open(args.output, "w") as handle:
+                handle.write(markdown(rows) + "\n")
+        return rows
+    for i, (name_a, name_b, users, rows) in enumerate(results):
+        if len(results) > 1:
+            print(f"\n## pair {i + 1}: {' vs '.join(pairs[i])}\n" if i < len(pairs)
+                  else "\n## pooled\n")
+        print(f"A = {name_a}, B = {name_b}, {users} users\n\n" + markdown_table(
+            ["metric", "A", "B", "A - B", "standard error", "(A - B) / SE"], rows,
+            lambda row: [row[0], *difference_cells(*row[1:])], text=["metric"]))
+    return results[-1]
 
 
 if __name__ == "__main__":

@@ -17,17 +17,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_semprune.benchmark import report, run_benchmark  # noqa: E402
 from recbole_semprune.benchmark.common import logger, read_json, run_command, start  # noqa: E402
 
-SETTINGS = ["prune_layer", "keep_ratio", "prune_scorer", "keep_ratio_mode"]
-KEPT_COLUMNS = ["kept_tokens_per_history", "tokens_per_history", "kept_fraction",
-                "padded_length", "pruned_length"]
-# sweep.csv: these, the kept tokens, every metric, then the rest
-FIRST_COLUMNS = ["point"] + SETTINGS + [
-    "status", "train_seconds_per_step", "train_speedup", "train_cpu_seconds_per_step",
-    "train_cpu_speedup", "eval_seconds", "eval_speedup", "tokens_per_second", "peak_memory_mb"]
-LAST_COLUMNS = ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
-                "params", "error"]
+FACTORS = {"prune_layer": ("prune_layers", int, "1,2,3"),
+           "keep_ratio": ("keep_ratios", float, "0.25,0.3333,0.5"),
+           "prune_scorer": ("scorers", str, "rastp,attention,saliency_l1,random"),
+           "keep_ratio_mode": ("keep_ratio_modes", str, "fixed")}
+# speed-up column: the unpruned point's figure / this point's = 1 / the benchmark's ratio
 SPEEDUPS = {"train_speedup": "train_seconds_per_step_ratio", "eval_speedup": "eval_seconds_ratio",
             "train_cpu_speedup": "train_cpu_seconds_per_step_ratio"}
+# sweep.csv: these, the kept tokens, every metric, then the rest
+FIRST_COLUMNS = ["point", *FACTORS, "status", "train_seconds_per_step", "train_speedup",
+                 "train_cpu_seconds_per_step", "train_cpu_speedup", "eval_seconds",
+                 "eval_speedup", "tokens_per_second", "peak_memory_mb", "kept_tokens_per_history",
+                 "tokens_per_history", "kept_fraction", "padded_length", "pruned_length"]
+LAST_COLUMNS = ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
+                "params", "error"]
 
 
 def _list(cast):
@@ -49,10 +52,7 @@ def parse_args(argv):
         "points of --output) and --KEY=VALUE, a config key for every point.")
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--data_path", default="../shared/datasets")
-    for flag, cast, default in (("prune_layers", int, "1,2,3"),
-                                ("keep_ratios", float, "0.25,0.3333,0.5"),
-                                ("scorers", str, "rastp,attention,saliency_l1,random"),
-                                ("keep_ratio_modes", str, "fixed")):
+    for flag, cast, default in FACTORS.values():
         parser.add_argument(f"--{flag}", type=_list(cast), default=default)
     parser.add_argument("--design", choices=["grid", "star"], default="grid", help="grid: every "
                         "combination; star: one factor at a time around the first values")
@@ -60,7 +60,7 @@ def parse_args(argv):
     parser.add_argument("--output", default=None,
                         help="default bench_out/rastp-sweep-<dataset>-<time>")
     args, extra = parser.parse_known_args(argv)
-    clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in SETTINGS]
+    clash = [a for a in extra if a.split("=", 1)[0].lstrip("-") in FACTORS]
     if clash:
         parser.error(f"{' '.join(clash)}: the sweep sets these keys itself")
     if not any(a.split("=", 1)[0] in ("--epochs", "--max_steps") for a in extra):
@@ -71,8 +71,7 @@ def parse_args(argv):
 def grid(args):
     """The points: the unpruned baseline first, then every combination (``--design=grid``) or
     the centre and its one-factor variations (``--design=star``)."""
-    factors = {"prune_layer": args.prune_layers, "keep_ratio": args.keep_ratios,
-               "prune_scorer": args.scorers, "keep_ratio_mode": args.keep_ratio_modes}
+    factors = {key: getattr(args, flag) for key, (flag, _, _) in FACTORS.items()}
     if args.design == "grid":
         combos = [dict(zip(factors, values)) for values in itertools.product(*factors.values())]
     else:
@@ -83,22 +82,33 @@ def grid(args):
 
 
 def point_name(point):
+    """The point's benchmark label (a label has no dot: keep_ratio 0.25 is ``k0_25``)."""
     if point["prune_scorer"] == "none":
         return "unpruned"
-    ratio = f"{point['keep_ratio']:g}".replace(".", "_")  # a label has no dot
+    ratio = f"{point['keep_ratio']:g}".replace(".", "_")
     return f"{point['prune_scorer']}-p{point['prune_layer']}-k{ratio}-{point['keep_ratio_mode']}"
 
 
-def sweep_rows(points, rows):
-    """One row per point: its settings, the benchmark's figures, and the speed-ups against the
-    unpruned point (its seconds / this point's: wall clock, CPU seconds, evaluation)."""
-    out = []
-    for point, flat in zip(points, report.flat_rows(rows, "unpruned")):
-        flat.update({speedup: 1 / flat[ratio] if flat.get(ratio) else None
-                     for speedup, ratio in SPEEDUPS.items()})
-        out.append({"point": flat["model"], **{key: point.get(key, "") for key in SETTINGS},
-                    **flat})
-    return out
+def variant_flags(points):
+    """The benchmark flags that run ``points`` as labelled RASTP variants, ``unpruned`` the
+    baseline."""
+    return ["--models=" + ",".join(f"{point_name(p)}=RASTP" for p in points),
+            "--baseline=unpruned"] + [f"--{point_name(p)}.{key}={value}"
+                                      for p in points for key, value in p.items()]
+
+
+def write_sweep(output, args, points, rows, meta):
+    """sweep.csv (one row per point: its settings, the benchmark's figures, the speed-ups
+    against the unpruned point) and sweep.png."""
+    rows = [{"point": flat["model"], **{key: point.get(key, "") for key in FACTORS}, **flat, **{
+        speedup: 1 / flat[ratio] if flat.get(ratio) else None for speedup, ratio in SPEEDUPS.items()
+    }} for point, flat in zip(points, report.flat_rows(rows, "unpruned"))]
+    metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
+    report.write_csv(os.path.join(output, "sweep.csv"), FIRST_COLUMNS + metrics + LAST_COLUMNS,
+                     rows)
+    title = (f"RASTP sweep, {args.dataset}, {meta['budget']['mode']}={meta['budget']['value']}, "
+             f"eval users: {meta['eval_max_users'] or 'all'}")
+    write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title)
 
 
 def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
@@ -110,10 +120,9 @@ def write_plot(path, rows, metric, title, speedup="train_cpu_speedup"):
         logger.warning("no finished point has %s: %s skipped", metric, path)
         return False
 
-    def draw(ax, plt):
+    def draw(ax):
         for scorer in dict.fromkeys(r["prune_scorer"] for r in ok):
-            mine = [r for r in ok if r["prune_scorer"] == scorer]
-            star = scorer == "none"
+            mine, star = [r for r in ok if r["prune_scorer"] == scorer], scorer == "none"
             ax.scatter([r[speedup] for r in mine], [r[metric] for r in mine], s=120 if star else 45,
                        marker="*" if star else "o", zorder=3, label="unpruned" if star else scorer)
             for r in mine if not star else ():
@@ -134,23 +143,15 @@ def main(argv=None):
 
     def run(argv):
         status, _, rows = run_benchmark(argv)
-        rows = sweep_rows(points, rows)
-        metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
-        report.write_csv(os.path.join(output, "sweep.csv"),
-                         FIRST_COLUMNS + KEPT_COLUMNS + metrics + LAST_COLUMNS, rows)
         meta = read_json(os.path.join(output, "results.json"))["meta"]
-        title = (f"RASTP sweep, {args.dataset}, {meta['budget']['mode']}={meta['budget']['value']}"
-                 f", eval users: {meta['eval_max_users'] or 'all'}")
-        write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title)
+        write_sweep(output, args, points, rows, meta)
         logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
         return status, output
 
-    benchmark_argv = [
-        f"--dataset={args.dataset}", f"--data_path={args.data_path}", *extra,
-        "--models=" + ",".join(f"{point_name(p)}=RASTP" for p in points),
-        "--baseline=unpruned", f"--output={output}",
-    ] + [f"--{point_name(p)}.{key}={value}" for p in points for key, value in p.items()]
-    return run_command("rastp_sweep.py", run, benchmark_argv, "results.md")
+    flags = variant_flags(points)  # --models, --baseline, then each point's keys
+    return run_command("rastp_sweep.py", run, [
+        f"--dataset={args.dataset}", f"--data_path={args.data_path}", *extra, *flags[:2],
+        f"--output={output}", *flags[2:]], "results.md")
 
 
 if __name__ == "__main__":

@@ -99,10 +99,11 @@ def markdown(rows, k, exclude_seen):
 
 
 def main(argv=None):
-    parser = checkpoint_parser(__doc__, help="a Rec2PM checkpoint written by a plugin run")
+    parser = checkpoint_parser(__doc__)
+    parser.add_argument("model_file", help="a Rec2PM checkpoint written by a plugin run")
     parser.add_argument("--k", type=int, default=10, help="cut-off of Recall / NDCG")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutation")
-    args = parse_checkpoint_args(parser, argv)
+    args = parse_checkpoint_args(parser, argv, "model_file")
     try:
         rows, exclude = probe(args.model_file, args.split, args.k, args.exclude_seen, args.seed)
     except ProbeError as error:

@@ -1,4 +1,5 @@
-"""scripts/evaluate_checkpoint.py: inference-only variants of one saved model."""
+"""scripts/evaluate_checkpoint.py: inference-only variants of one saved model, and the paired
+comparison of two (``--compare``)."""
 
 from pathlib import Path
 
@@ -81,11 +82,11 @@ def test_bad_length_groups_are_refused(script, text, message):
         script.parse_groups(text)
 
 
-def test_paired_comparison_of_two_checkpoints(tiny_data, workdir):
-    compare = load_script("scripts/compare_checkpoints.py")
+def test_paired_comparison_of_two_checkpoints(script, tiny_data, workdir):
     rec2pm = run_recbole_semprune(model="Rec2PM", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
     decoder = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
-    name_a, name_b, users, rows = compare.main([rec2pm["saved_model_file"], decoder["saved_model_file"]])
+    name_a, name_b, users, rows = script.main(["--compare", rec2pm["saved_model_file"],
+                                               decoder["saved_model_file"]])
     assert (name_a, name_b, users) == ("Rec2PM", "DecoderOnlySID", 120)
     table = {metric: values for metric, *values in rows}
     assert set(table) == {"recall@5", "ndcg@5", "recall@10", "ndcg@10"}
@@ -97,37 +98,38 @@ def test_paired_comparison_of_two_checkpoints(tiny_data, workdir):
         assert se >= 0
     assert any(se > 0 for _, _, _, _, se in rows)  # the two models differ on some user
     # a checkpoint against itself: no difference, no spread
-    _, _, _, same = compare.compare(decoder["saved_model_file"], decoder["saved_model_file"])
+    _, _, _, same = script.compare(decoder["saved_model_file"], decoder["saved_model_file"])
     assert all(diff == 0 and se == 0 for _, _, _, diff, se in same)
     # two pairs pool per user: (Rec2PM - DO + 0) / 2 for each user, so half the difference and
     # half its standard error; A and B are averaged over the runs
-    name_a, name_b, users, pooled = compare.main([
-        rec2pm["saved_model_file"], decoder["saved_model_file"],
+    name_a, name_b, users, pooled = script.main([
+        "--compare", rec2pm["saved_model_file"], decoder["saved_model_file"],
         decoder["saved_model_file"], decoder["saved_model_file"], "--exclude_seen=False",
     ])
     assert (name_a, name_b, users) == ("Rec2PM/DecoderOnlySID (2 runs)", "DecoderOnlySID (2 runs)", 120)
     for (metric, a, b, diff, se), (_, a1, b1, diff1, se1) in zip(pooled, rows):
         assert a == pytest.approx((a1 + b1) / 2, abs=1e-6) and b == pytest.approx(b1, abs=1e-6)
         assert diff == pytest.approx(diff1 / 2, abs=1e-6) and se == pytest.approx(se1 / 2, abs=1e-6)
-    with pytest.raises(SystemExit):
-        compare.main([rec2pm["saved_model_file"], decoder["saved_model_file"], decoder["saved_model_file"]])
+    with pytest.raises(SystemExit):  # not in pairs
+        script.main(["--compare", rec2pm["saved_model_file"], decoder["saved_model_file"],
+                     decoder["saved_model_file"]])
+    with pytest.raises(SystemExit):  # two checkpoints need --compare
+        script.main([rec2pm["saved_model_file"], decoder["saved_model_file"]])
 
 
-def test_paired_comparison_refuses_different_users(tiny_data, workdir):
-    compare = load_script("scripts/compare_checkpoints.py")
+def test_paired_comparison_refuses_different_users(script, tiny_data, workdir):
     first = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny", config_dict=dict(tiny_data, **SMALL))
     other = make_tiny_dataset(workdir / "other", n_users=90)
     second = run_recbole_semprune(model="DecoderOnlySID", dataset="tiny",
                                   config_dict=dict(tiny_data, **SMALL, data_path=other,
                                                    checkpoint_dir=str(workdir / "saved-other")))
-    with pytest.raises(compare.CompareError, match="not the same users"):
-        compare.compare(first["saved_model_file"], second["saved_model_file"])
+    with pytest.raises(script.CompareError, match="not the same users"):
+        script.compare(first["saved_model_file"], second["saved_model_file"])
 
 
 def test_exclude_seen_variant_of_a_recbole_model(script, tiny_data):
     """``exclude_seen`` is every model's history mask: a SASRec checkpoint evaluates with and
-    without it, and compare_checkpoints ranks it with the mask as the trainer does."""
-    compare = load_script("scripts/compare_checkpoints.py")
+    without it, and ``--compare`` ranks it with the mask as the trainer does."""
     sasrec = run_recbole_semprune(model="SASRec", dataset="tiny", config_dict=tiny_data)
     rows = script.main([sasrec["saved_model_file"], "--variants=;exclude_seen=True;"])
     saved, masked, back = (row[2] for row in rows)
@@ -135,7 +137,7 @@ def test_exclude_seen_variant_of_a_recbole_model(script, tiny_data):
     assert dict(back) == pytest.approx(dict(saved), abs=1e-12)
     assert masked["recall@10"] != saved["recall@10"]  # tiny targets are often history items
     for exclude, expected in (("True", masked), ("False", saved)):
-        _, _, users, table = compare.main([sasrec["saved_model_file"], sasrec["saved_model_file"],
-                                           f"--exclude_seen={exclude}"])
+        _, _, users, table = script.main(["--compare", sasrec["saved_model_file"],
+                                          sasrec["saved_model_file"], f"--exclude_seen={exclude}"])
         for metric, a, b, diff, se in table:
             assert a == b == pytest.approx(expected[metric], abs=1e-4)

@@ -8,8 +8,8 @@ import traceback
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    logger, model_parser, model_specs, parse_models, positive_int, preflight, read_json,
-    run_command, run_module, start, write_json,
+    logger, model_parser, model_specs, parse_models, positive_int, preflight, read_json, remove,
+    run_command, run_module, start, write_json, write_text,
 )
 
 # Keys every model must share (one protocol), and keys the benchmark sets itself.
@@ -65,12 +65,10 @@ def run_worker(spec, model_dir, in_process=False):
             execute(spec)
         except Exception as error:  # reported like a crashed worker; the others go on
             reason = f"{type(error).__name__}: {error}"
-            with open(log_path, "w", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+            write_text(log_path, traceback.format_exc())
     else:
-        code = run_module(["recbole_semprune.benchmark.worker",
-                           os.path.join(model_dir, "spec.json")], log_path,
-                          prefix=f"[{spec['model']}] ")
+        code = run_module(["recbole_semprune.benchmark.worker", os.path.join(
+            model_dir, "spec.json")], log_path, prefix=f"[{spec['model']}] ")
         if code:
             reason = (f"worker exited with status {code}" if code > 0 else f"worker killed by "
                       f"signal {-code}" + (" (out of memory?)" if code == -9 else ""))
@@ -84,8 +82,7 @@ def run_worker(spec, model_dir, in_process=False):
         " (after training, during evaluation)" if trained else "")
     logger.error("%s failed: %s\n%s", spec["model"], reason, tail)
     last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
-    if last not in reason:
-        reason += f": {last}"
+    reason += "" if last in reason else f": {last}"
     return dict(trained or {}, model=spec["model"], status="failed", error=reason, output_tail=tail)
 
 
@@ -126,7 +123,7 @@ def run_benchmark(argv):
         model, model_dir = spec["model"], os.path.join(output, spec["model"])
         same = args.resume and read_json(os.path.join(model_dir, "spec.json")) == spec
         row = read_json(spec["result_path"]) if same else None
-        if row is not None and row.get("status") == "ok":
+        if (row or {}).get("status") == "ok":
             logger.info("[%d/%d] %s: finished in an earlier run with the same settings, reused",
                         index, len(specs), model)
         else:
@@ -136,10 +133,8 @@ def run_benchmark(argv):
             write_json(os.path.join(model_dir, "overrides.json"), {
                 "config_files": spec["config_files"], "global": global_overrides,
                 "model": model_overrides[model], "config_dict": spec["config_dict"]})
-            for path in [spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
-                    [] if resumable else [spec["last_checkpoint"]]):
-                if os.path.exists(path):
-                    os.remove(path)
+            remove([spec["result_path"], os.path.join(model_dir, TRAINED_FILE)] + (
+                [] if resumable else [spec["last_checkpoint"]]))
             logger.info("[%d/%d] %s%s", index, len(specs), model,
                         ": resumed from its last completed epoch" if resumable else "")
             row = run_worker(spec, model_dir, args.in_process)

@@ -36,14 +36,15 @@ def model_parser(prog, description, epilog=None):
     """A parser with the flags every benchmark command has (docs/benchmarks.md)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      allow_abbrev=False)
-    parser.add_argument("--dataset", required=True, help="dataset name, e.g. ml-100k")
-    parser.add_argument("--models", required=True, help="comma-separated MODEL or LABEL=MODEL "
-                        "(a variant set by --LABEL.KEY=VALUE)")
-    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
-    parser.add_argument("--baseline", default=None, help="model of the ratios (default: the first)")
-    parser.add_argument("--config_files", default=None, metavar='"A.yaml B.yaml"',
-                        help="config files for every model, space separated")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="torch threads per model")
+    add = parser.add_argument
+    add("--dataset", required=True, help="dataset name, e.g. ml-100k")
+    add("--models", required=True, help="comma-separated MODEL or LABEL=MODEL (a variant set by "
+        "--LABEL.KEY=VALUE)")
+    add("--data_path", default=None, help="folder holding <dataset>/")
+    add("--baseline", default=None, help="model of the ratios (default: the first)")
+    add("--config_files", default=None, metavar='"A.yaml B.yaml"',
+        help="config files for every model, space separated")
+    add("--threads", type=positive_int, metavar="N", help="torch threads per model")
     return parser
 
 
@@ -52,13 +53,12 @@ def parse_models(parser, args, extra, reserved=None, shared_keys=()):
     ``args.baseline``, splits ``args.config_files``; returns the overrides ``(for every model,
     {label: for that model})`` of ``extra``: no ``reserved`` key ({key: why}), no per-model
     ``shared_keys``."""
-    entries = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not entries:
-        parser.error("--models is empty")
+    entries = [m.strip() for m in args.models.split(",") if m.strip()] or parser.error(
+        "--models is empty")
     args.model_classes = {}
     for entry in entries:
-        label, _, model = entry.rpartition("=")
-        label, model = (label.strip() or model.strip()), model.strip()
+        label, _, model = (part.strip() for part in entry.rpartition("="))
+        label = label or model
         if not re.fullmatch(_NAME, label) or not model:
             parser.error(f"--models entry {entry!r}: write MODEL or LABEL=MODEL (LABEL: letters, "
                          "digits, _ and -)")
@@ -66,28 +66,24 @@ def parse_models(parser, args, extra, reserved=None, shared_keys=()):
             parser.error(f"--models lists {label} more than once")
         args.model_classes[label] = model
     args.models = labels = list(args.model_classes)
-    if args.baseline is None:
-        args.baseline = labels[0]
-    elif args.baseline not in labels:
+    args.baseline = labels[0] if args.baseline is None else args.baseline
+    if args.baseline not in labels:
         parser.error(f"--baseline={args.baseline} is not one of --models ({', '.join(labels)})")
     args.config_files = args.config_files.strip().split() if args.config_files else []
-    shared, per_model = {}, {label: {} for label in labels}
+    shared, per_model, reserved = {}, {label: {} for label in labels}, reserved or {}
     for arg in extra:
-        match = _OVERRIDE.match(arg)
-        if not match:
-            parser.error(f"unrecognized argument {arg!r}: config keys are written --key=value "
-                         "(or --Model.key=value for one model)")
-        label, key, value = match.groups()
+        label, key, value = (_OVERRIDE.match(arg) or parser.error(
+            f"unrecognized argument {arg!r}: config keys are written --key=value (or "
+            "--Model.key=value for one model)")).groups()
         if label is not None and label not in per_model:
             parser.error(f"{arg}: {label} is not one of --models ({', '.join(labels)})")
         if label is not None and key in shared_keys:
             parser.error(f"{arg}: {key} must be the same for every model; use --{key}=...")
-        if key in (reserved or {}):
+        if key in reserved:
             parser.error(f"{arg}: {key} is set by the benchmark ({reserved[key]})")
         target = shared if label is None else per_model[label]
-        if key in target and target[key] != value:
+        if target.setdefault(key, value) != value:
             parser.error(f"{arg} is given twice with different values")
-        target[key] = value
     return shared, per_model
 
 
@@ -120,11 +116,11 @@ def preflight(args, specs):
         DatasetError, UnknownModelError, check_dataset_files, get_model,
     )
 
-    for model in args.model_classes.values():
-        try:
+    try:
+        for model in args.model_classes.values():
             get_model(model)
-        except UnknownModelError as error:
-            raise BenchmarkError(str(error)) from None
+    except UnknownModelError as error:
+        raise BenchmarkError(str(error)) from None
     for file in args.config_files:
         if not os.path.isfile(file):
             raise BenchmarkError(f"config file not found: {file}")
@@ -155,7 +151,7 @@ def run_command(prog, run, argv, table):
     of that folder; the benchmark's messages on stderr; status 2 on bad flags or setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
-    level, propagate = logger.level, logger.propagate
+    saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -168,8 +164,8 @@ def run_command(prog, run, argv, table):
         return exit_.code
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
     with open(os.path.join(output, table), encoding="utf-8") as f:
         sys.stdout.write(f.read())
     return status
@@ -203,19 +199,17 @@ def torch_threads(threads):
     import torch
 
     saved = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(threads or saved))
     try:
         yield
     finally:
         torch.set_num_threads(saved)
 
 
-def checkpoint_parser(doc, files="model_file", exclude_seen=True, **files_kwargs):
-    """The parser of a checkpoint script: ``files``, ``--split``, ``--threads`` and (with
-    ``exclude_seen``) ``--exclude_seen`` (None: as saved)."""
+def checkpoint_parser(doc, exclude_seen=True):
+    """The parser of a checkpoint script: ``--split``, ``--threads`` and (with ``exclude_seen``)
+    ``--exclude_seen`` (None: as saved); :func:`parse_checkpoint_args` reads it."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument(files, **files_kwargs)
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     if exclude_seen:
@@ -224,17 +218,19 @@ def checkpoint_parser(doc, files="model_file", exclude_seen=True, **files_kwargs
     return parser
 
 
-def parse_checkpoint_args(parser, argv):
-    """Parsed arguments (checkpoints checked, threads set, ``exclude_seen`` a bool or None)."""
+def parse_checkpoint_args(parser, argv, files):
+    """Parsed arguments (the checkpoints ``args.<files>`` checked, threads set, ``exclude_seen``
+    a bool or None)."""
     import torch
 
     args = parser.parse_args(argv)
-    for path in vars(args).get("checkpoints") or [vars(args).get("model_file")]:
+    paths = getattr(args, files)
+    for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.isfile(path):
             parser.error(f"no checkpoint at {path}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if vars(args).get("exclude_seen") is not None:
+    if getattr(args, "exclude_seen", None) is not None:
         args.exclude_seen = args.exclude_seen == "True"
     return args
 
@@ -251,6 +247,13 @@ def read_json(path):
 def write_json(path, data):
     """Write ``data`` to ``path`` atomically (a reader never sees half a file)."""
     write_text(path, json.dumps(data, indent=2))
+
+
+def remove(paths):
+    """Delete those of ``paths`` that exist."""
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def write_text(path, text):

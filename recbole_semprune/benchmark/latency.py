@@ -48,6 +48,7 @@ def parse_args(argv):
 
 
 def _timed(device, request):
+    """Wall seconds of ``request()`` (the GPU synchronised before and after)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
@@ -67,42 +68,31 @@ def tensor_bytes(value, keys=None):
     return sum(tensor_bytes(v, keys) for v in value) if isinstance(value, (list, tuple)) else 0
 
 
-def _synthetic_history(model, n, seed):
-    import torch
-
-    return torch.randint(1, model.n_items, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
-def measure_stateful(model, n, k, device):
+def measure_stateful(model, n, k, repeats, device, history):
     """Rec2PM-like: ``segment_len`` requests (update one item + recommend) after ``n`` items."""
     cycle = int(getattr(model, "segment_len", 1))
-    history = _synthetic_history(model, n + cycle + 1, seed=n).to(device)
     state = model.init_state(history[:, :n])
     state_bytes = state.bytes_per_user()
     model.recommend(model.update(state, history[:, n + cycle : n + cycle + 1]), k)  # warm-up
     times = []
     for i in range(cycle):
-        new = history[:, n + i : n + i + 1]
-
-        def request():
+        def request(new=history[:, n + i : n + i + 1]):
             nonlocal state
             state = model.update(state, new)
             model.recommend(state, k)
 
         times.append(_timed(device, request))
-    c, d = model.mem_tokens, model.hidden_size
     tail = int(getattr(model, "tail_len", 0))
-    kind = f"memory {c}x{d} + {f'{tail} tail + ' if tail else ''}pending ids (measured)"
-    return times, state_bytes, kind
+    return times, state_bytes, (f"memory {model.mem_tokens}x{model.hidden_size} + "
+                                f"{f'{tail} tail + ' if tail else ''}pending ids (measured)")
 
 
-def measure_full_history(model, n, k, repeats, device):
+def measure_full_history(model, n, k, repeats, device, history):
     """A model that reads the whole history at every request (timed ``repeats`` times)."""
     import torch
     from recbole.data.interaction import Interaction
 
-    history = _synthetic_history(model, n, seed=n).to(device)
-    length = torch.tensor([n], device=device)
+    history, length = history[:, :n], torch.tensor([n], device=device)
     interaction = Interaction({model.ITEM_SEQ: history, model.ITEM_SEQ_LEN: length}).to(device)
 
     def request():
@@ -112,8 +102,8 @@ def measure_full_history(model, n, k, repeats, device):
     times = [_timed(device, request) for _ in range(repeats)]
     if hasattr(model, "generation_state"):
         state, step, _ = model.generation_state(history, length)
-        prefixes = torch.zeros(1, 0, dtype=torch.long, device=device)
-        _, after = step(state, prefixes, 0)  # the prefill: the cache now holds the history
+        # the prefill: the cache now holds the history
+        _, after = step(state, torch.zeros(1, 0, dtype=torch.long, device=device), 0)
         return times, tensor_bytes(after.get("cache"), KV_KEYS), "KV cache (measured)"
     n_layers, hidden = getattr(model, "n_layers", None), getattr(model, "hidden_size", None)
     if isinstance(n_layers, int) and isinstance(hidden, int):
@@ -140,13 +130,14 @@ def measure_model(spec, options, threads=None):
         model = get_model(config["model"])(config, train).to(config["device"]).eval()
         device, rows = torch.device(config["device"]), []
         stateful = all(hasattr(model, m) for m in ("init_state", "update", "recommend"))
+        measure = measure_stateful if stateful else measure_full_history
         for n in options["lengths"]:
+            cycle = int(getattr(model, "segment_len", 1)) + 1 if stateful else 0
+            history = torch.randint(1, model.n_items, (1, n + cycle),
+                                    generator=torch.Generator().manual_seed(n)).to(device)
             with torch.no_grad():
-                if stateful:
-                    times, state_bytes, kind = measure_stateful(model, n, options["k"], device)
-                else:
-                    times, state_bytes, kind = measure_full_history(
-                        model, n, options["k"], options["repeats"], device)
+                times, state_bytes, kind = measure(model, n, options["k"], options["repeats"],
+                                                   device, history)
             rows.append({"model": spec["model"], "history_length": n,
                          "latency_ms": 1000 * statistics.mean(times),
                          "latency_max_ms": 1000 * max(times), "requests": len(times),
@@ -202,7 +193,7 @@ def run_latency(argv):
         with open(os.path.join(output, "results.md"), "a", encoding="utf-8") as f:
             f.write("\n" + section)
 
-    def draw(axes, plt):  # log-log, one line per model
+    def draw(axes):  # log-log, one line per model
         for ax, (key, label) in zip(axes, (("latency_ms", "next-item latency per user (ms)"),
                                            ("state_bytes", "state per user (bytes)"))):
             report.lines(ax, rows, "history_length", key)

@@ -143,14 +143,15 @@ def flat_rows(rows, baseline):
 
 
 def results_table(rows, baseline):
-    """The results table (one line per model, failed models included)."""
+    """The results table (one line per model; a failed one marked, with its training figures
+    if it trained)."""
     names = columns("cost", "md", "ratio") + metric_columns(rows)
 
     def cells(flat):
         values = [cell(n, flat.get(n)) for n in names]
         if flat.get("status") == "ok":
             return values
-        if flat.get("train_steps"):  # failed after training: its training figures stand
+        if flat.get("train_steps"):
             return [f"{flat['model']} (**failed**)"] + values[1:]
         return [flat["model"], "**failed**"] + ["—"] * (len(names) - 2)
 
@@ -161,23 +162,18 @@ def markdown_report(meta, rows):
     """results.md: header (protocol, machine, command), the table, column notes and failures."""
     ok = [r for r in rows if r.get("status") == "ok"]
     ran = [r for r in rows if r.get("train_steps")]  # ok, or failed after training
-    first, budget = ran[0] if ran else {}, meta["budget"]
-    if budget["mode"] == "epochs":
-        budget = (f"{budget['value']} full epoch(s) per model, no early stopping, no checkpoint; "
-                  "`train_seconds_per_epoch` measured")
-    else:
-        budget = (f"max_steps={budget['value']}: exactly {budget['value']} optimisation steps "
-                  "per model (the trainer's `max_steps`: epochs go on until then, the last one "
-                  "cut short); `train_seconds_per_epoch` extrapolated as seconds/step x steps "
-                  "per epoch")
+    first, n = (ran or [{}])[0], meta["budget"]["value"]
+    budget = (f"{n} full epoch(s) per model, no early stopping, no checkpoint; "
+              "`train_seconds_per_epoch` measured" if meta["budget"]["mode"] == "epochs" else
+              f"max_steps={n}: exactly {n} optimisation steps per model (the trainer's "
+              "`max_steps`: epochs go on until then, the last one cut short); "
+              "`train_seconds_per_epoch` extrapolated as seconds/step x steps per epoch")
     total = ok[0]["eval_users_total"] if ok else None
-    if meta.get("eval_max_users"):
-        used = ok[0]["eval_users"] if ok else meta["eval_max_users"]
-        evaluation = (f"the first {used:,}{f' of {total:,}' if total else ''} users of the test "
-                      f"loader (`--eval_max_users={meta['eval_max_users']}`; the same users for "
-                      "every model)")
-    else:
-        evaluation = "all " + (f"{total:,} " if total else "") + "test users"
+    of_total = f" of {total:,}" if total else ""
+    evaluation = (f"the first {ok[0]['eval_users'] if ok else meta['eval_max_users']:,}{of_total}"
+                  f" users of the test loader (`--eval_max_users={meta['eval_max_users']}`; the "
+                  "same users for every model)" if meta.get("eval_max_users") else
+                  "all " + (f"{total:,} " if total else "") + "test users")
     if meta.get("exclude_seen") is not None:
         evaluation += f"; history mask `exclude_seen: {meta['exclude_seen']}` (every model)"
     devices = sorted({f"{r['device']} ({r['device_name']})" for r in ran}) or [
@@ -186,20 +182,17 @@ def markdown_report(meta, rows):
     process = ("this process (`--in_process`: peak memory not isolated)" if meta.get("in_process")
                else "its own fresh process")
     lines = [
-        f"# Benchmark: {meta['dataset']}", "",
-        f"- command: `{meta['command']}`",
+        f"# Benchmark: {meta['dataset']}", "", f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- dataset: `{meta['dataset']}` (data_path `{meta['data_path']}`)",
-        f"- budget: {budget}",
-        f"- evaluation: test split, full ranking, {evaluation}",
+        f"- budget: {budget}", f"- evaluation: test split, full ranking, {evaluation}",
         f"- seed: {meta['seed']} (every model)",
         f"- device: {', '.join(devices)}" + (f"; torch threads: {threads}" if threads else ""),
-        f"- versions: torch {first.get('torch_version', meta.get('torch_version'))}, "
-        f"recbole {meta.get('recbole_version')}, "
-        f"recbole_semprune {meta['recbole_semprune_version']}, python {meta.get('python_version')}",
+        f"- versions: torch {first.get('torch_version', meta.get('torch_version'))}, recbole "
+        f"{meta.get('recbole_version')}, recbole_semprune {meta['recbole_semprune_version']}, "
+        f"python {meta.get('python_version')}",
         f"- baseline of the `*_ratio` columns: {meta['baseline']}",
-        f"- models run one after another, each in {process}",
-    ]
+        f"- models run one after another, each in {process}"]
     loads = [f"{r['model']} {r['load_average'][0]} -> {r['load_average'][1]}"
              for r in ran if None not in (r.get("load_average") or [None])]
     if loads:
@@ -208,11 +201,10 @@ def markdown_report(meta, rows):
                      "are inflated): " + ", ".join(loads))
     if meta.get("config_files"):
         lines.append(f"- config files: {', '.join(f'`{f}`' for f in meta['config_files'])}")
-    for who, overrides in [("every model", meta.get("global_overrides"))] + [
-            (f"{m} only", o) for m, o in (meta.get("model_overrides") or {}).items()]:
-        if overrides:
-            lines.append(f"- overrides for {who}: "
-                         + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
+    lines += [f"- overrides for {who}: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items())
+              for who, overrides in [("every model", meta.get("global_overrides"))] + [
+                  (f"{m} only", o) for m, o in (meta.get("model_overrides") or {}).items()]
+              if overrides]
     lines += ["", results_table(rows, meta["baseline"]), "", "Columns:", ""]
     lines += [f"- `{n}`: {COLUMNS[n].text}" for n in columns("cost", "md", "ratio")
               if COLUMNS[n].text]
@@ -221,11 +213,9 @@ def markdown_report(meta, rows):
     if len({r["eval_users_fingerprint"] for r in ok}) > 1:
         lines.append("- **warning**: the models were not evaluated on the same users "
                      "(their datasets order the test users differently).")
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "Failures:", ""]
-        lines += [f"- {r['model']}: {r.get('error') or 'failed'}" for r in failed]
-    return "\n".join(lines) + "\n"
+    failed = [f"- {r['model']}: {r.get('error') or 'failed'}" for r in rows
+              if r.get("status") != "ok"]
+    return "\n".join(lines + (["", "Failures:", ""] + failed if failed else [])) + "\n"
 
 
 def write_tables(output, meta, rows):
@@ -237,7 +227,7 @@ def write_tables(output, meta, rows):
 
 
 def plot(path, draw, title=None, **figure):
-    """``draw(ax or axes, plt)`` on a new matplotlib figure (Agg), titled and written to ``path``
+    """``draw(ax or axes)`` on a new matplotlib figure (Agg), titled and written to ``path``
     (PNG). False, with a log line, without matplotlib (the plot skipped)."""
     try:
         import matplotlib
@@ -249,7 +239,7 @@ def plot(path, draw, title=None, **figure):
                     "'recbole-semprune[plot]')", os.path.basename(path))
         return False
     fig, ax = plt.subplots(**figure)
-    draw(ax, plt)
+    draw(ax)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -279,21 +269,18 @@ def lines(ax, rows, x, y):
 
 def _accuracy_metric(ok):
     """The metric plots show: the validation metric when the results have it."""
-    tested = ok[0].get("test_result") or {}
-    metric = ok[0].get("valid_metric")
+    tested, metric = ok[0].get("test_result") or {}, ok[0].get("valid_metric")
     return metric if metric in tested else next(iter(tested), None)
 
 
 def write_plot(path, rows, title=None):
     """Bars of seconds/step, peak memory and the test metric per model (results.png)."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    if not ok:
-        return False
-    metric = _accuracy_metric(ok)
+    metric = _accuracy_metric(ok) if ok else None
     panels = [("train_seconds_per_step", "train s/step"), ("peak_memory_mb", "peak memory (MB)")]
     panels += [(metric, f"test {metric}")] if metric else []
 
-    def draw(axes, plt):
+    def draw(axes):
         for ax, (key, label) in zip(axes[0], panels):
             values = [r.get(key, (r.get("test_result") or {}).get(key)) for r in ok]
             ax.bar([r["model"] for r in ok], [v if finite(v) else 0.0 for v in values],
@@ -301,15 +288,15 @@ def write_plot(path, rows, title=None):
             ax.set_title(label)
             ax.tick_params(axis="x", rotation=30)
 
-    return plot(path, draw, title, ncols=len(panels), figsize=(4 * len(panels), 3.2),
-                squeeze=False)
+    return bool(ok) and plot(path, draw, title, ncols=len(panels),
+                             figsize=(4 * len(panels), 3.2), squeeze=False)
 
 
 def write_plots(output, meta, rows):
     """results.png, tradeoff.png (test accuracy against training seconds per epoch), curves.csv
     and curves.png (every validation of every model)."""
-    budget = meta["budget"]
-    title = f"{meta['dataset']}, {budget['mode']}={budget['value']}, seed {meta['seed']}"
+    title = f"{meta['dataset']}, {meta['budget']['mode']}={meta['budget']['value']}, seed " \
+            f"{meta['seed']}"
     write_plot(os.path.join(output, "results.png"), rows, title)
     ok = [r for r in rows if r.get("status") == "ok" and r.get("test_result")]
     metric = _accuracy_metric(ok) if ok else None
@@ -317,7 +304,7 @@ def write_plots(output, meta, rows):
               for r in ok]
     points = [p for p in points if finite(p[1]) and finite(p[2])]
     if points:
-        plot(os.path.join(output, "tradeoff.png"), lambda ax, plt: scatter(
+        plot(os.path.join(output, "tradeoff.png"), lambda ax: scatter(
             ax, points, "training seconds per epoch", f"test {metric}"), title, figsize=(6.5, 4.5))
     curve = [{"model": r["model"], "epoch": p["epoch"], "train_seconds": p["train_seconds"],
               **p["result"]} for r in rows for p in (r.get("valid_curve") or [])]
@@ -329,7 +316,7 @@ def write_plots(output, meta, rows):
         for point in curve:
             point["epochs"] = point["epoch"] + 1
 
-        def draw(ax, plt):
+        def draw(ax):
             lines(ax, curve, "epochs", metric)
             ax.set(xlabel="epoch", ylabel=f"validation {metric}")
 

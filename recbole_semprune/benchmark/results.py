@@ -10,7 +10,7 @@ import sys
 
 from recbole_semprune.benchmark import report
 from recbole_semprune.benchmark.common import (
-    model_parser, parse_models, read_json, run_module, write_json, write_text,
+    model_parser, parse_models, read_json, remove, run_module, write_json, write_text,
 )
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -223,7 +223,7 @@ def write_tables(output, args):
     shown = [(r["model"], r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"],
               r["ndcg@10_mask_off_se"]) for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
 
-    def draw(ax, plt):
+    def draw(ax):
         ax.errorbar([p[1] for p in shown], [p[2] for p in shown], fmt="none", capsize=3,
                     yerr=[0 if math.isnan(p[3]) else p[3] for p in shown])
         report.scatter(ax, [p[:3] for p in shown], "training hours to the best validation epoch",
@@ -258,10 +258,8 @@ def main(argv=None):
             continue
         old = read_json(os.path.join(folder, SPEC_FILE))
         if old is not None and old != spec:  # other settings: start that run again
-            for path in [os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE),
-                         *glob.glob(os.path.join(glob.escape(folder), "saved", "*-last.pth"))]:
-                if os.path.exists(path):
-                    os.remove(path)
+            remove([os.path.join(folder, RESULT_FILE), os.path.join(folder, POSITIONS_FILE),
+                    *glob.glob(os.path.join(glob.escape(folder), "saved", "*-last.pth"))])
         write_json(os.path.join(folder, SPEC_FILE), spec)
         print(f"[{label} seed {seed}] training (log: {folder}/run.log)", flush=True)
         code = run_module(["recbole_semprune.benchmark.results", "--run", os.path.join(

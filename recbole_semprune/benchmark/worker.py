@@ -12,7 +12,9 @@ from time import perf_counter, process_time
 import numpy as np
 import torch
 
-from recbole_semprune.benchmark.common import build_config, read_json, torch_threads, write_json
+from recbole_semprune.benchmark.common import (
+    build_config, read_json, remove, torch_threads, write_json,
+)
 from recbole_semprune.data.batching import LengthBucketBatchSampler, use_length_buckets
 
 SPEC_VERSION = 2
@@ -63,20 +65,17 @@ def device_name(device):
 
 def epoch_figures(stats, budget, steps_per_epoch):
     """The training columns from the trainer's ``epoch_stats``."""
-    steps, seconds = sum(s["steps"] for s in stats), sum(s["seconds"] for s in stats)
-    tokens, cpu = sum(s["tokens"] for s in stats), sum(s["cpu_seconds"] for s in stats)
+    steps, seconds, tokens, cpu = (sum(s[k] for s in stats)
+                                   for k in ("steps", "seconds", "tokens", "cpu_seconds"))
     slots = sum(s.get("token_slots", s["tokens"]) for s in stats)
-    per_step = seconds / steps if steps else float("nan")
-    measured = budget["mode"] == "epochs"
+    per_step, measured = seconds / steps if steps else float("nan"), budget["mode"] == "epochs"
     figures = {
         "train_steps": steps, "train_seconds": seconds, "train_seconds_per_step": per_step,
         "train_seconds_per_epoch": seconds / len(stats) if measured else per_step * steps_per_epoch,
-        "epoch_time_source": "measured" if measured else "extrapolated",
-        "train_tokens": tokens,
+        "epoch_time_source": "measured" if measured else "extrapolated", "train_tokens": tokens,
         "tokens_per_second": tokens / seconds if seconds > 0 else float("nan"),
         "padding_share": 1 - tokens / slots if slots else float("nan"),
-        "peak_memory_mb": max(s["peak_memory_mb"] for s in stats),
-        "train_cpu_seconds": cpu,
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in stats), "train_cpu_seconds": cpu,
         "train_cpu_seconds_per_step": cpu / steps if steps else float("nan"),
     }
     for key in PRUNING_FIGURES:  # a pruning model's kept tokens, averaged over steps
@@ -100,9 +99,8 @@ def run_model(spec):
     if spec.get("init_logger"):
         init_logger(config)
     last_file = spec.get("last_checkpoint")
-    resume = None
-    if last_file and os.path.exists(last_file):
-        resume = (last_file, load_resume_state(last_file, config))
+    resume = (last_file, load_resume_state(last_file, config)) if last_file and os.path.exists(
+        last_file) else None
     init_seed(config["seed"], config["reproducibility"])
     start = perf_counter()
     _, train_data, valid_data, test_data, model, trainer = _build(config, resume=resume)
@@ -213,8 +211,7 @@ def execute(spec):
     """Runs the model of ``spec``, writes its result, removes its resume state."""
     with torch_threads(spec.get("threads")):  # in-process runs keep the caller's setting
         write_json(spec["result_path"], run_model(spec))
-    if spec.get("last_checkpoint") and os.path.exists(spec["last_checkpoint"]):
-        os.remove(spec["last_checkpoint"])
+    remove([spec["last_checkpoint"]] if spec.get("last_checkpoint") else [])
 
 
 def main(argv=None):
