@@ -61,3 +61,22 @@ def test_results_mode_rejects_bad_arguments(tmp_path):
         ["--dataset=x", "--models=T=TIGER,SASRec", "--output=o", "--T.seeds=5", "--epochs=2"])
     assert args.seeds == {"T": [5], "SASRec": [2020, 2021, 2022]}
     assert shared == {"epochs": "2"} and args.model_classes["T"] == "TIGER"
+
+
+def test_a_settings_error_stops_the_plan_instead_of_starting_the_next_run(tmp_path, monkeypatch,
+                                                                           capsys):
+    """A resume state the run cannot take (here: not a resume state at all) is the command's
+    problem: results mode stops with its one-line error and starts no other seed."""
+    monkeypatch.chdir(tmp_path)
+    data = make_tiny_dataset(tmp_path / "data")
+    saved = tmp_path / "out" / "SASRec" / "seed-1" / "saved"
+    saved.mkdir(parents=True)
+    (saved / "SASRec-Dec-01-2026_00-00-00-last.pth").write_bytes(b"not a checkpoint")
+    argv = ["--dataset=tiny", f"--data_path={data}", "--models=SASRec", "--seeds=1,2",
+            "--output=out", "--threads=1", "--epochs=1", *TINY_FLAGS, "--state=WARNING",
+            "--train_neg_sample_args=None"]
+    assert results.main(argv) == results.USER_ERROR_EXIT
+    out = capsys.readouterr().out
+    assert "[SASRec seed 1] stopped, nothing else run: error: resume=True: nothing to resume" in out
+    assert not (tmp_path / "out" / "SASRec" / "seed-2").exists()
+    assert (saved / "SASRec-Dec-01-2026_00-00-00-last.pth").read_bytes() == b"not a checkpoint"

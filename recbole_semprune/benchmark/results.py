@@ -15,6 +15,7 @@ from recbole_semprune.benchmark.common import (
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 MASKS = ("off", "on")
+USER_ERROR_EXIT = 2  # a run stopped by what the user gave (errors.UserInputError)
 FIGURES = ("epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb")
 SHOWN = FIGURES[1:]  # in results.md, headed and written as report.COLUMNS says
 RESULT_FILE, POSITIONS_FILE, SPEC_FILE = "result.json", "positions.csv", "spec.json"
@@ -53,6 +54,13 @@ def run_spec(args, label, seed, shared, overrides):
     files = {"config_files": [os.path.abspath(f) for f in args.config_files]}
     return {"model": label, "model_class": args.model_classes[label], "dataset": args.dataset,
             "seed": seed, "config": config_dict, **(files if args.config_files else {})}
+
+
+def last_error(folder):
+    """The last ``error:`` line of a run's ``run.log``."""
+    with open(os.path.join(folder, "run.log"), encoding="utf-8", errors="replace") as f:
+        errors = [line.strip() for line in f if line.startswith("error: ")]
+    return errors[-1] if errors else f"see {folder}/run.log"
 
 
 def run_one(spec, folder, threads=None):
@@ -237,8 +245,15 @@ def write_tables(output, args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--run"]:  # one run, in its own process (see run_one)
+        from recbole_semprune.errors import UserInputError
+
         spec = read_json(argv[1])
-        run_one(spec, os.path.dirname(os.path.abspath(argv[1])), int(argv[2]) if argv[2:] else None)
+        try:
+            run_one(spec, os.path.dirname(os.path.abspath(argv[1])),
+                    int(argv[2]) if argv[2:] else None)
+        except UserInputError as error:  # the command's settings or data, not this run alone
+            print(f"error: {error}", flush=True)
+            return USER_ERROR_EXIT
         return 0
     args, shared, overrides = parse_args(argv)
     args.argv = argv
@@ -265,6 +280,11 @@ def main(argv=None):
         code = run_module(["recbole_semprune.benchmark.results", "--run", os.path.join(
             os.path.abspath(folder), SPEC_FILE)] + ([str(args.threads)] if args.threads else []),
             os.path.join(folder, "run.log"), mode="a")
+        if code == USER_ERROR_EXIT:  # the next runs would meet it too (or start unasked ones)
+            print(f"[{label} seed {seed}] stopped, nothing else run: {last_error(folder)}",
+                  flush=True)
+            status = USER_ERROR_EXIT
+            break
         if code:
             status = 1
             print(f"[{label} seed {seed}] failed (exit {code}): see {folder}/run.log", flush=True)
