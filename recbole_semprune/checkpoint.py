@@ -164,7 +164,7 @@ def config_differences(saved, config):
     """``[(key, saved value, this run's value)]`` of the keys that make a run another run
     (all but :data:`RESUME_FREE_KEYS`)."""
     saved_dict, dict_now = saved.final_config_dict, config.final_config_dict
-    defaults = getattr(config, "internal_config_dict", None) or {}
+    defaults = config.internal_config_dict
     keys = sorted((set(saved_dict) | set(dict_now)) - RESUME_FREE_KEYS, key=str)
     return [
         (key, saved_dict.get(key), dict_now.get(key))
