@@ -29,7 +29,7 @@ from recbole_semprune.config import Config, dataset_config_file, read_config_fil
 from recbole_semprune.data.batching import use_length_buckets
 from recbole_semprune.data.protocol import complete_protocol
 from recbole_semprune.errors import SettingsError, UserInputError
-from recbole_semprune.trainer import Trainer, exclude_seen
+from recbole_semprune.trainer import LRSchedule, Trainer, check_max_steps, exclude_seen
 from recbole_semprune.utils import (
     check_dataset_files,
     check_negative_sampling,
@@ -57,7 +57,8 @@ def check_run(config):
 
     A dataset without a dataset config gets its ``load_col`` from its files' headers
     (:func:`~recbole_semprune.data.protocol.complete_protocol`); the dataset's files are
-    checked (:func:`~recbole_semprune.utils.check_dataset_files`); a pairwise model must get
+    checked (:func:`~recbole_semprune.utils.check_dataset_files`); the step budget and the
+    learning-rate schedule are checked; a pairwise model must get
     negatives; renamed keys are refused (:data:`RENAMED_KEYS`); ``train_rows`` is checked
     against the model; a SID model checks its settings in its class method
     ``check_config(config)``, raising ValueError on a bad one and returning warnings.
@@ -70,6 +71,8 @@ def check_run(config):
     check_negative_sampling(config)
     check_renamed_keys(config)
     _settings_errors(check_train_rows, config)
+    _settings_errors(check_max_steps, config["max_steps"])
+    _settings_errors(LRSchedule, config)
     model_class = get_model(config["model"])
     if is_sid_model(model_class):
         notes += [(logging.WARNING, line)

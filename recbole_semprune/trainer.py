@@ -1,6 +1,6 @@
 """RecBole's Trainer plus per-epoch training throughput and peak memory in the log, training
-that resumes after an interruption (:mod:`recbole_semprune.checkpoint`), and the history mask
-``exclude_seen`` of every model's evaluation."""
+that resumes after an interruption (:mod:`recbole_semprune.checkpoint`), a step budget and a
+learning-rate schedule, and the history mask ``exclude_seen`` of every model's evaluation."""
 
 import itertools
 import math
@@ -164,15 +164,58 @@ class _FirstBatches:
         return getattr(self.loader, name)
 
 
+class LRSchedule:
+    """The learning-rate schedule (config keys ``lr_schedule``, ``lr_warmup_steps``): the factor
+    on the configured ``learning_rate`` at optimisation step ``step`` (1, 2, ... counted over the
+    whole run, so a resumed run goes on where it stopped) of a run of ``total`` steps.
+
+    - warm-up: steps ``1 .. lr_warmup_steps`` rise linearly, ``step / lr_warmup_steps``;
+    - then ``constant``: 1; ``cosine``: half a cosine from 1 down to 0 at the end of the run's
+      budget (``total``: ``max_steps``, or ``epochs`` x batches per epoch); ``inverse_sqrt``:
+      ``sqrt(lr_warmup_steps / step)`` (T5's and the TIGER paper's schedule).
+
+    ``constant`` without warm-up (the default) leaves the optimiser's rate untouched: RecBole's
+    behaviour.
+    """
+
+    KINDS = ("constant", "cosine", "inverse_sqrt")
+
+    def __init__(self, config):
+        self.kind = validate.choice("lr_schedule", config["lr_schedule"], self.KINDS)
+        self.warmup_steps = validate.integer(
+            "lr_warmup_steps", config["lr_warmup_steps"], low=0,
+            hint="(0: no warm-up)" if self.kind != "inverse_sqrt" else
+            "(inverse_sqrt decays from the end of the warm-up: set lr_warmup_steps >= 1)")
+        if self.kind == "inverse_sqrt" and self.warmup_steps == 0:
+            raise ValueError("lr_schedule=inverse_sqrt needs lr_warmup_steps >= 1 (the decay "
+                             "sqrt(lr_warmup_steps / step) starts where the warm-up ends)")
+
+    @property
+    def active(self):
+        return self.kind != "constant" or self.warmup_steps > 0
+
+    def factor(self, step, total):
+        if step <= self.warmup_steps:
+            return step / self.warmup_steps
+        if self.kind == "inverse_sqrt":
+            return math.sqrt(self.warmup_steps / step)
+        if self.kind == "cosine":
+            done = min((step - self.warmup_steps - 1) / max(total - self.warmup_steps, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        return 1.0
+
+
 class FiguresMixin:
-    """Per-epoch figures and the step budget, for RecBole's ``Trainer`` and its subclasses.
+    """Per-epoch figures, the step budget and the learning-rate schedule, for RecBole's
+    ``Trainer`` and its subclasses.
 
     ``self.epoch_stats``: per epoch its train steps, input tokens and token slots, seconds (wall
     and CPU), tokens/s and peak memory, and the model's own figures (``pop_epoch_stats()``);
     ``self.valid_stats``: per validation its time and result. ``max_steps`` (config key): training
     stops after that many optimisation steps in all (the last epoch is cut short), or after
-    ``epochs``, whichever comes first. ``progress_seconds`` (attribute, None = off): print a
-    progress line to stdout about that often while training.
+    ``epochs``, whichever comes first. ``lr_schedule`` / ``lr_warmup_steps`` (config keys,
+    :class:`LRSchedule`): the learning rate of every step. ``progress_seconds`` (attribute,
+    None = off): print a progress line to stdout about that often while training.
     """
 
     progress_seconds = None
@@ -181,7 +224,9 @@ class FiguresMixin:
         super().__init__(config, model)
         self.epoch_stats, self.valid_stats = [], []
         self.max_steps = check_max_steps(config["max_steps"])
+        self.lr_schedule = LRSchedule(config)
         self._progress = None
+        self._total_steps = None
 
     def steps_done(self):
         return sum(stats["steps"] for stats in self.epoch_stats)
@@ -191,6 +236,7 @@ class FiguresMixin:
         if self.max_steps is not None:  # the epochs the budget still allows, the last one cut
             left = max(self.max_steps - self.steps_done(), 0)
             self.epochs = min(self.epochs, self.start_epoch + math.ceil(left / len(train_data)))
+        self._total_steps = min(self.max_steps or math.inf, self.config["epochs"] * len(train_data))
         self._progress = {"start": perf_counter(), "done": self.steps_done(), "last": perf_counter()}
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
@@ -205,6 +251,7 @@ class FiguresMixin:
             stats["steps"] += 1
             stats["tokens"] += count_input_tokens(self.model, interaction)
             stats["token_slots"] += count_token_slots(self.model, interaction)
+            self._schedule_learning_rate(self.steps_done() + stats["steps"])
             self._print_progress(epoch_idx, stats["steps"], in_epoch)
             return base_loss(interaction)
 
@@ -219,6 +266,14 @@ class FiguresMixin:
         self.epoch_stats.append(stats)
         self._print_progress(epoch_idx, stats["steps"], in_epoch, end=True)
         return losses
+
+    def _schedule_learning_rate(self, step):
+        """Set every parameter group's rate for optimisation step ``step`` (1-based, whole run)."""
+        if not self.lr_schedule.active:
+            return
+        rate = self.learning_rate * self.lr_schedule.factor(step, self._total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def _print_progress(self, epoch_idx, step, in_epoch, end=False):
         """``progress: epoch E/N, step K/M, S s/step ..., ETA of training T s`` (the step is

@@ -48,12 +48,14 @@ def assert_same_run(resumed, uninterrupted):
         assert torch.equal(weights_a[key], weights_b[key]), key
 
 
-@pytest.mark.parametrize("model", ["TIGER"])
-def test_interrupted_sid_run_resumes_to_the_same_result(model, tiny_data, monkeypatch):
+@pytest.mark.parametrize("model, schedule", [
+    ("TIGER", {}), ("TIGER", {"lr_schedule": "cosine", "lr_warmup_steps": 2})])
+def test_interrupted_sid_run_resumes_to_the_same_result(model, schedule, tiny_data, monkeypatch):
     """Stopped right after epoch 0's resume state is written, then ``resume=True``: the same
     test metrics, best epoch and best weights as the uninterrupted run; the resumed model takes
-    the checkpoint's semantic IDs (rebuilding them fails the test)."""
-    config = {**tiny_data, **SID_SMALL, **EPOCHS, "epochs": 2}
+    the checkpoint's semantic IDs (rebuilding them fails the test). With a learning-rate
+    schedule, the resumed epoch goes on at the rate of its step."""
+    config = {**tiny_data, **SID_SMALL, **EPOCHS, "epochs": 2, **schedule}
     uninterrupted = run_recbole_semprune(model=model, dataset="tiny", config_dict=config)
     folder = tiny_data["checkpoint_dir"]
     assert last_files(folder) == []  # removed once the run has its test result

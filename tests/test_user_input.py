@@ -80,6 +80,10 @@ def one_error_line(err):
         (["--model=TIGER", "--sid_text_fields=[title, plot]"], "sid_text_fields names ['plot']"),
         (["--model=SASRec", "--train_rows=user"], "SASRec uses RecBole's own dataset"),
         (["--model=BPR", "--train_neg_sample_args=None"], "BPR trains on (positive, negative) pairs"),
+        (["--model=SASRec", "--lr_schedule=linear"], "lr_schedule='linear' must be one of constant, cosine, inverse_sqrt"),
+        (["--model=TIGER", "--lr_schedule=inverse_sqrt"], "lr_schedule=inverse_sqrt needs lr_warmup_steps >= 1"),
+        (["--model=TIGER", "--lr_warmup_steps=-5"], "lr_warmup_steps=-5 must be an int >= 0"),
+        (["--model=SASRec", "--max_steps=0"], "max_steps must be a positive int or None, got 0"),
         (["--model=SASrec"], "Unknown model 'SASrec'"),
     ],
 )
