@@ -53,8 +53,9 @@ def parse_models(parser, args, extra, reserved=None, shared_keys=()):
     ``args.baseline``, splits ``args.config_files``; returns the overrides ``(for every model,
     {label: for that model})`` of ``extra``: no ``reserved`` key ({key: why}), no per-model
     ``shared_keys``."""
-    entries = [m.strip() for m in args.models.split(",") if m.strip()] or parser.error(
-        "--models is empty")
+    entries = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not entries:
+        parser.error("--models is empty")
     args.model_classes = {}
     for entry in entries:
         label, _, model = (part.strip() for part in entry.rpartition("="))
@@ -72,9 +73,11 @@ def parse_models(parser, args, extra, reserved=None, shared_keys=()):
     args.config_files = args.config_files.strip().split() if args.config_files else []
     shared, per_model, reserved = {}, {label: {} for label in labels}, reserved or {}
     for arg in extra:
-        label, key, value = (_OVERRIDE.match(arg) or parser.error(
-            f"unrecognized argument {arg!r}: config keys are written --key=value (or "
-            "--Model.key=value for one model)")).groups()
+        match = _OVERRIDE.match(arg)
+        if match is None:
+            parser.error(f"unrecognized argument {arg!r}: config keys are written --key=value "
+                         "(or --Model.key=value for one model)")
+        label, key, value = match.groups()
         if label is not None and label not in per_model:
             parser.error(f"{arg}: {label} is not one of --models ({', '.join(labels)})")
         if label is not None and key in shared_keys:
@@ -151,7 +154,7 @@ def run_command(prog, run, argv, table):
     of that folder; the benchmark's messages on stderr; status 2 on bad flags or setup."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("benchmark: %(message)s"))
-    saved = logger.level, logger.propagate
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -164,8 +167,8 @@ def run_command(prog, run, argv, table):
         return exit_.code
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
+        logger.setLevel(level)
+        logger.propagate = propagate
     with open(os.path.join(output, table), encoding="utf-8") as f:
         sys.stdout.write(f.read())
     return status
