@@ -80,3 +80,36 @@ def test_a_settings_error_stops_the_plan_instead_of_starting_the_next_run(tmp_pa
     assert "[SASRec seed 1] stopped, nothing else run: error: resume=True: nothing to resume" in out
     assert not (tmp_path / "out" / "SASRec" / "seed-2").exists()
     assert (saved / "SASRec-Dec-01-2026_00-00-00-last.pth").read_bytes() == b"not a checkpoint"
+
+
+def test_killing_the_command_stops_its_training_run(tmp_path):
+    """``kill`` (SIGTERM) of a results / benchmark command stops the run it started in a child
+    process too, instead of leaving it training with nobody reading its output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from conftest import REPO
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "from recbole_semprune.benchmark.common import run_module; "
+         "run_module(['timeit', '-n', '1', '-r', '1', 'import time; time.sleep(120)'], 'child.log')"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        children = []
+        deadline = time.monotonic() + 300  # importing torch on a busy machine can take a while
+        while not children and parent.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            children = psutil.Process(parent.pid).children()
+        assert children, "the command started no child"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, "the child kept running after its command was killed"
+    finally:
+        parent.kill()
+        for child in psutil.Process().children(recursive=True):
+            child.kill()

@@ -10,8 +10,10 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 
 logger = logging.getLogger("recbole_semprune.benchmark")
 _NAME = r"[A-Za-z_][\w-]*"
@@ -174,13 +176,21 @@ def run_command(prog, run, argv, table):
     return status
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_module(args, log_path, mode="w", prefix=None):
     """``python -m ARGS`` in a fresh interpreter that imports this same copy of the package, its
-    output written to ``log_path`` (and, with ``prefix``, to stderr); returns its exit status."""
+    output written to ``log_path`` (and, with ``prefix``, to stderr); returns its exit status.
+    Ctrl-C or a ``kill`` (SIGTERM) of this process stops the child too: a run of hours is never
+    left training on its own, without anyone reading its output."""
     # the folder that holds recbole_semprune/
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     with open(log_path, mode, buffering=1, encoding="utf-8") as log:
         process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
@@ -190,10 +200,13 @@ def run_module(args, log_path, mode="w", prefix=None):
                 if prefix:
                     sys.stderr.write(prefix + line)
             return process.wait()
-        except BaseException:  # Ctrl-C: stop the child, then let the interruption through
+        except BaseException:  # Ctrl-C, kill: stop the child, then let the interruption through
             process.kill()
             process.wait()
             raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
