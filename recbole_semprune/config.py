@@ -88,6 +88,23 @@ def read_config_file(path, loader=None):
     return content
 
 
+def add_keys_added_since(config):
+    """Complete ``config``, read from a checkpoint written by an earlier version of the plugin,
+    with the plugin keys added since (those of ``properties/overall.yaml``, ``protocol.yaml``,
+    ``sid.yaml`` and the model's yaml that it lacks) at their yaml defaults. A key is added with
+    a default that keeps the earlier behaviour, so the saved run reads as it ran. Returns the
+    keys added."""
+    files = [OVERALL_PROPERTIES_FILE, PROTOCOL_FILE, SID_PROPERTIES_FILE,
+             model_config_file(config["model"])]
+    added = []
+    for file in filter(os.path.isfile, files):
+        for key, value in read_config_file(file).items():
+            if key not in config.final_config_dict:
+                config[key] = value
+                added.append(key)
+    return added
+
+
 class Config(RecBoleConfig):
     """RecBole's Config, resolving models plugin-first and loading the plugin's yaml defaults.
 

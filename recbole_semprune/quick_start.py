@@ -25,7 +25,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_semprune import checkpoint
 from recbole_semprune.compat import load_checkpoint
-from recbole_semprune.config import Config, dataset_config_file, read_config_file
+from recbole_semprune.config import Config, add_keys_added_since, dataset_config_file, read_config_file
 from recbole_semprune.data.batching import use_length_buckets
 from recbole_semprune.data.protocol import complete_protocol
 from recbole_semprune.errors import SettingsError, UserInputError
@@ -396,11 +396,14 @@ def load_data_and_model(model_file, device=None):
     """Reload a checkpoint written by a run: ``(config, model, dataset, train, valid, test)``.
 
     The dataset is rebuilt from the checkpoint's config (same files, filters and split), and
-    the model gets the checkpoint's weights and buffers. ``device`` overrides the device the
-    checkpoint was trained on (default: that one if available, else CPU).
+    the model gets the checkpoint's weights and buffers. A checkpoint of an earlier version of
+    the plugin gets the keys added since at their defaults (:func:`add_keys_added_since`).
+    ``device`` overrides the device the checkpoint was trained on (default: that one if
+    available, else CPU).
     """
     saved = load_checkpoint(model_file, map_location="cpu")
     config = saved["config"]
+    added = add_keys_added_since(config)  # a checkpoint of an earlier version of the plugin
     if not config["single_spec"]:  # written by a multi-process run: reload in this one
         config["single_spec"], config["local_rank"] = True, 0
     if device is None:
@@ -412,6 +415,8 @@ def load_data_and_model(model_file, device=None):
     init_logger(config)
     logger = getLogger()
     logger.info(config)
+    if added:
+        logger.info(f"Keys added to the plugin since this checkpoint, at their defaults: {', '.join(added)}")
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = prepare_data(config, dataset)

@@ -83,3 +83,23 @@ def test_schedule_is_part_of_the_run_result(tiny_data):
     warm = run_recbole_semprune(model="TIGER", dataset="tiny", saved=False,
                                 config_dict={**config, "lr_schedule": "inverse_sqrt", "lr_warmup_steps": 3})
     assert dict(plain["best_valid_result"]) != dict(warm["best_valid_result"])
+
+
+def test_checkpoint_from_before_the_schedule_keys_reloads(tiny_data, monkeypatch):
+    """A checkpoint whose config lacks the keys added since (here the schedule keys, as in the
+    runs trained before they existed) reloads with them at their defaults and evaluates to the
+    run's own test result."""
+    import torch
+
+    from conftest import reload_and_evaluate
+    from recbole_semprune.compat import load_checkpoint
+
+    config = {**tiny_data, **TINY_SID, "epochs": 1}
+    run = run_recbole_semprune(model="TIGER", dataset="tiny", config_dict=config)
+    saved = load_checkpoint(run["saved_model_file"], map_location="cpu")
+    for key in ("lr_schedule", "lr_warmup_steps"):
+        del saved["config"].final_config_dict[key]
+    torch.save(saved, run["saved_model_file"])
+    assert dict(reload_and_evaluate(run["saved_model_file"], monkeypatch)) == dict(run["test_result"])
+    reloaded = load_checkpoint(run["saved_model_file"], map_location="cpu")["config"]
+    assert "lr_schedule" not in reloaded.final_config_dict  # the file itself is left as it was
