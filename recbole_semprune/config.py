@@ -88,16 +88,22 @@ def read_config_file(path, loader=None):
     return content
 
 
+def plugin_default_files(model_name):
+    """The plugin's yaml defaults for a model, lowest priority first: plugin-wide settings, the
+    evaluation protocol, the semantic-ID settings and the model's own yaml (if it has one)."""
+    files = [OVERALL_PROPERTIES_FILE, PROTOCOL_FILE, SID_PROPERTIES_FILE,
+             model_config_file(model_name)]
+    return [file for file in files if os.path.isfile(file)]
+
+
 def add_keys_added_since(config):
     """Complete ``config``, read from a checkpoint written by an earlier version of the plugin,
     with the plugin keys added since (those of ``properties/overall.yaml``, ``protocol.yaml``,
     ``sid.yaml`` and the model's yaml that it lacks) at their yaml defaults. A key is added with
     a default that keeps the earlier behaviour, so the saved run reads as it ran. Returns the
     keys added."""
-    files = [OVERALL_PROPERTIES_FILE, PROTOCOL_FILE, SID_PROPERTIES_FILE,
-             model_config_file(config["model"])]
     added = []
-    for file in filter(os.path.isfile, files):
+    for file in plugin_default_files(config["model"]):
         for key, value in read_config_file(file).items():
             if key not in config.final_config_dict:
                 config[key] = value
@@ -146,13 +152,12 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        files = [OVERALL_PROPERTIES_FILE, PROTOCOL_FILE, SID_PROPERTIES_FILE, model_config_file(model)]
+        files = plugin_default_files(model)
         preset = self.external_config_dict.get("size_preset")
-        if preset is not None:
+        if preset is not None and os.path.isfile(preset_file(preset, model)):
             files.append(preset_file(preset, model))
         for file in files:
-            if os.path.isfile(file):
-                self._update_internal_config_dict(file)
+            self._update_internal_config_dict(file)
         dataset_file = dataset_config_file(dataset)
         if os.path.isfile(dataset_file):
             dataset_dict = self._update_internal_config_dict(dataset_file) or {}
