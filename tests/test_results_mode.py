@@ -1,6 +1,7 @@
 """Results mode of the benchmark: runs to early stopping per (model, seed), tables, pairing."""
 
 import json
+import math
 import os
 
 import pytest
@@ -48,6 +49,27 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     capsys.readouterr()
     assert results.main(argv) == 0
     assert capsys.readouterr().out.count("] done") == 3
+
+
+def test_summarise_takes_the_first_best_epoch_and_the_cost_up_to_it():
+    import torch
+
+    epochs = [{"epoch": e, "seconds": 10.0 * (e + 1), "cpu_seconds": 5.0 + e, "peak_memory_mb": m}
+              for e, m in zip(range(4), (100, 300, 200, 250))]
+    valids = [{"epoch": e, "result": {"ndcg@10": v}} for e, v in ((1, 0.2), (2, 0.3), (3, 0.3))]
+    result = {"epoch_stats": epochs, "valid_stats": valids, "valid_metric": "ndcg@10"}
+    # user 0 hits at rank 0, user 1 at rank 3 with the mask on only, user 2 misses
+    positions = {"off": torch.tensor([0, 12, 50]), "on": torch.tensor([0, 3, 50])}
+    figures = results.summarise(result, positions)
+    assert figures["best_epoch"] == 2  # the first of the tied best scores, as RecBole keeps it
+    assert figures["seconds_to_best"] == 10 + 20 + 30 and figures["epochs"] == 4
+    assert figures["seconds_per_epoch"] == 25 and figures["cpu_seconds_per_epoch"] == 6.5
+    assert figures["peak_memory_mb"] == 300
+    assert figures["recall@10_mask_off"] == pytest.approx(1 / 3)
+    assert figures["ndcg@10_mask_on"] == pytest.approx((1 + 1 / math.log2(5)) / 3)
+    # a run whose epochs lack CPU seconds (older result files) shows none rather than a part
+    del epochs[0]["cpu_seconds"]
+    assert math.isnan(results.summarise(result, positions)["cpu_seconds_per_epoch"])
 
 
 def test_results_mode_rejects_bad_arguments(tmp_path):

@@ -65,6 +65,9 @@ COLUMNS = {
     "best_epoch": Column("results", "1f", "the best validation epoch", head="best epoch"),
     "seconds_to_best": Column("results", "0f", "training seconds to it", head="s to best"),
     "seconds_per_epoch": Column("results", "0f", "training seconds per epoch", head="s/epoch"),
+    "cpu_seconds_per_epoch": Column("results", "0f", "training CPU seconds per epoch (all the "
+                                    "run's threads; not inflated by other processes)",
+                                    head="CPU s/epoch"),
 }
 TEXT_COLUMNS = {name for name, column in COLUMNS.items() if column.fmt == "text"}
 

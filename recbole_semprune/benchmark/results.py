@@ -16,7 +16,8 @@ from recbole_semprune.benchmark.common import (
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 MASKS = ("off", "on")
 USER_ERROR_EXIT = 2  # a run stopped by what the user gave (errors.UserInputError)
-FIGURES = ("epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "peak_memory_mb")
+FIGURES = ("epochs", "best_epoch", "seconds_to_best", "seconds_per_epoch", "cpu_seconds_per_epoch",
+           "peak_memory_mb")
 SHOWN = FIGURES[1:]  # in results.md, headed and written as report.COLUMNS says
 RESULT_FILE, POSITIONS_FILE, SPEC_FILE = "result.json", "positions.csv", "spec.json"
 PROG = "python -m recbole_semprune.benchmark.results"
@@ -102,7 +103,7 @@ def run_one(spec, folder, threads=None):
 def summarise(result, positions):
     """One run's figures: test metrics with the mask off / on (from the per-user positions, the
     figures RecBole's evaluator averages), the best validation epoch, training epochs and
-    seconds up to it, seconds per epoch, peak memory."""
+    seconds up to it, wall and CPU seconds per epoch, peak memory."""
     from recbole_semprune.analysis import per_user_metrics
 
     figures = {}
@@ -117,9 +118,11 @@ def summarise(result, positions):
     best = max(scored, key=lambda v: float(v["result"][metric]), default=None)
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
+    cpu = [e["cpu_seconds"] for e in epochs if "cpu_seconds" in e]
     figures.update(epochs=len(epochs), best_epoch=best_epoch, seconds_to_best=sum(
         e["seconds"] for e in epochs if best_epoch is not None and e["epoch"] <= best_epoch),
         seconds_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
+        cpu_seconds_per_epoch=sum(cpu) / len(cpu) if cpu and len(cpu) == len(epochs) else math.nan,
         peak_memory_mb=max((e["peak_memory_mb"] for e in epochs), default=math.nan))
     return figures
 
