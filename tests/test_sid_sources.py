@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_sid import (  # noqa: F401  (ml100k: a fixture)
@@ -21,8 +22,13 @@ from test_sid import (  # noqa: F401  (ml100k: a fixture)
 from recbole_semprune.sid import build_semantic_ids, read_settings
 from recbole_semprune.sid.cache import folder_fingerprint
 from recbole_semprune.sid.collisions import smallest_cap, split_collisions
-from recbole_semprune.sid.embeddings import resolve_sentence_model, sentence_model_fingerprint
+from recbole_semprune.sid.embeddings import (
+    fuse_collaborative,
+    resolve_sentence_model,
+    sentence_model_fingerprint,
+)
 from recbole_semprune.sid.features import TrainingInteractions
+from recbole_semprune.sid.settings import result_settings
 
 CLUSTERS, PER_CLUSTER, LENGTH = 4, 10, 8
 
@@ -165,6 +171,7 @@ def test_smallest_cap():
     [
         {},  # default: tfidf content, collision groups split by co-occurrence
         {"sid_embedding": "collaborative"},
+        {"sid_collaborative_weight": 0.5},  # tfidf fused with co-occurrence
     ],
 )
 def test_validation_and_test_interactions_cannot_change_the_codes(tmp_path, settings):
@@ -189,6 +196,60 @@ def test_validation_and_test_interactions_cannot_change_the_codes(tmp_path, sett
     # the same change two steps earlier, in training, does move codes: the test can fail
     assert training["training"] != original["training"]
     assert training["codes"] != original["codes"]
+
+
+# ----------------------------------------------------------------------------- fused
+
+
+def test_fuse_collaborative_weights_and_normalises():
+    content = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    collaborative = np.array([[0.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    fused = fuse_collaborative(content, collaborative, 0.25)
+    np.testing.assert_allclose(fused[0], 0.0)  # padding stays zero
+    # both: the weights as given, a unit row
+    np.testing.assert_allclose(fused[1], [np.sqrt(0.75), 0.0, 0.0, 0.6 * 0.5, 0.8 * 0.5])
+    np.testing.assert_allclose(fused[2], [0.0, 1.0, 0.0, 0.0, 0.0])  # no co-occurrence: content
+    np.testing.assert_allclose(fused[3], [0.0, 0.0, 1.0, 0.0, 0.0])  # no content: co-occurrence
+    np.testing.assert_allclose(fuse_collaborative(content, collaborative, 0.0)[:3, :2], content[:3])
+
+
+def test_fused_vectors_separate_what_content_cannot(tmp_path, caplog):
+    config, _, train = cluster_split(tmp_path, sid_collision="grow")
+    content = build_semantic_ids(config, train)
+    assert content.meta["largest_collision_group"] == 40  # one title, four clusters
+    with caplog.at_level(logging.INFO):
+        fused = build_semantic_ids(with_settings(config, sid_collaborative_weight=0.5), train)
+    assert "Item vectors fuse content and training co-occurrence (sid_collaborative_weight=0.5)" \
+        in caplog.text
+    assert "60 item(s) have both, 0 content only" in caplog.text
+    # the quantiser alone now tells the clusters apart: no group mixes two of them
+    assert fused.meta["largest_collision_group"] < 40
+    for cluster in range(CLUSTERS):
+        mine = fused.codes[item_ids(train, widgets(cluster))][:, :2]
+        others = fused.codes[item_ids(train, widgets((cluster + 1) % CLUSTERS))][:, :2]
+        assert not (mine[:, None, :] == others[None, :, :]).all(-1).any(), cluster
+    # weight 0 is today's content-only build, with the same cache key
+    zero = build_semantic_ids(with_settings(config, sid_collaborative_weight=0.0), train)
+    assert torch.equal(zero.codes, content.codes)
+    # ... and the same cache key: the weight enters the key only when it is used
+    assert "sid_collaborative_weight" not in result_settings(read_settings({}), False)
+    assert result_settings(read_settings({"sid_collaborative_weight": 0.5}), True)[
+        "sid_collaborative_weight"] == 0.5
+    # the weight means nothing to backends that read no content
+    collaborative = with_settings(config, sid_embedding="collaborative")
+    assert torch.equal(
+        build_semantic_ids(dict(collaborative, sid_collaborative_weight=0.5), train).codes,
+        build_semantic_ids(collaborative, train).codes,
+    )
+
+
+def test_collaborative_weight_is_checked():
+    assert read_settings({})["sid_collaborative_weight"] == 0.0
+    assert read_settings({"sid_collaborative_weight": 1})["sid_collaborative_weight"] == 1.0
+    with pytest.raises(ValueError, match=r"^sid_collaborative_weight=1.5 must be in \[0, 1\]"):
+        read_settings({"sid_collaborative_weight": 1.5})
+    with pytest.raises(ValueError, match=r"^sid_collaborative_weight=-0.1 must be a number >= 0"):
+        read_settings({"sid_collaborative_weight": -0.1})
 
 
 # ----------------------------------------------------------------------------- random

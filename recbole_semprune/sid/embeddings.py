@@ -9,6 +9,10 @@ Backends (``sid_embedding``):
 * ``file``: user-supplied vectors keyed by item token (format in :func:`read_embedding_file`);
 * ``collaborative``: PPMI of training co-occurrence, reduced by truncated SVD.
 
+With ``sid_collaborative_weight`` w > 0, the vectors of a content backend (tfidf, sentence,
+file) are fused with the collaborative ones: ``[sqrt(1 - w) content, sqrt(w) collaborative]``
+(:func:`fuse_collaborative`).
+
 (The ``random`` backend needs no vectors: :mod:`.tokenizer` draws its codes.)
 
 :func:`item_embeddings` assembles the matrix for all items: text vectors where an item has
@@ -31,6 +35,7 @@ from recbole.utils import set_color
 from recbole_semprune.sid.cache import folder_fingerprint
 from recbole_semprune.sid.features import has_words
 from recbole_semprune.sid.quantizers import fixed_threads
+from recbole_semprune.sid.settings import fuses_collaborative
 
 WORD_PATTERN = re.compile(r"[^\W_]+")
 
@@ -378,15 +383,18 @@ class ItemEmbeddings:
     ``vectors``: float32 [item_num, d] (row 0, padding, all zero). ``source``: int8 [item_num]
     with ``TEXT`` (text / file vectors), ``COLLABORATIVE`` (collaborative vector), ``NONE``
     (neither text nor training interactions; the padding row is ``NONE`` too).
-    ``tfidf_features``: TF-IDF vocabulary size (tfidf backend only).
+    ``tfidf_features``: TF-IDF vocabulary size (tfidf backend only). ``collaborative``: the
+    collaborative vectors [item_num, k] when they were built (backend ``collaborative``, fused
+    vectors), else None, so the collision split can reuse them.
     """
 
     NONE, TEXT, COLLABORATIVE = 0, 1, 2
 
-    def __init__(self, vectors, source, tfidf_features=None):
+    def __init__(self, vectors, source, tfidf_features=None, collaborative=None):
         self.vectors = vectors.astype(np.float32)
         self.source = source
         self.tfidf_features = tfidf_features
+        self.collaborative = collaborative
 
     def count(self, kind):
         return int((self.source[1:] == kind).sum())
@@ -410,11 +418,23 @@ def _collaborative_only(interactions, dim, seed):
         np.linalg.norm(vectors, axis=1) > 0, ItemEmbeddings.COLLABORATIVE, ItemEmbeddings.NONE
     ).astype(np.int8)
     source[0] = ItemEmbeddings.NONE
-    return ItemEmbeddings(vectors, source)
+    return ItemEmbeddings(vectors, source, collaborative=vectors)
+
+
+def fuse_collaborative(content, collaborative, weight):
+    """Rows ``[sqrt(1 - weight) content, sqrt(weight) collaborative]``, L2-normalised.
+
+    Both inputs have unit (or all-zero) rows, so an item with both keeps the weights as they
+    are; an item without training co-occurrence keeps its content vector alone, at full length,
+    and an item with neither stays all zero.
+    """
+    fused = np.hstack([np.sqrt(1.0 - weight) * content, np.sqrt(weight) * collaborative])
+    return l2_normalize(fused)
 
 
 def item_embeddings(settings, texts, item_tokens, interactions):
-    """Embeddings of every item (see :class:`ItemEmbeddings`).
+    """Embeddings of every item (see :class:`ItemEmbeddings`): the backend's vectors, fused
+    with collaborative vectors when ``sid_collaborative_weight > 0``.
 
     Args:
         settings (dict): from :func:`~recbole_semprune.sid.settings.read_settings`.
@@ -424,6 +444,29 @@ def item_embeddings(settings, texts, item_tokens, interactions):
         interactions (callable): returns the :class:`features.TrainingInteractions` of the
             training split (called only when collaborative vectors are needed).
     """
+    embeddings = _backend_embeddings(settings, texts, item_tokens, interactions)
+    if not fuses_collaborative(settings) or embeddings.collaborative is not None:
+        return embeddings  # content only, or collaborative already (no item has text)
+    weight = settings["sid_collaborative_weight"]
+    collaborative = training_collaborative_vectors(
+        interactions(), settings["sid_embedding_dim"], settings["seed"]
+    )
+    warm = np.linalg.norm(collaborative, axis=1) > 0
+    source = embeddings.source.copy()
+    source[warm & (source == ItemEmbeddings.NONE)] = ItemEmbeddings.COLLABORATIVE
+    has_content = embeddings.source != ItemEmbeddings.NONE
+    logging.getLogger().info(
+        f"Item vectors fuse content and training co-occurrence (sid_collaborative_weight="
+        f"{weight:g}): {int((warm & has_content).sum())} item(s) have both, "
+        f"{int((~warm & has_content)[1:].sum())} content only (no training co-occurrence), "
+        f"{int((warm & ~has_content).sum())} co-occurrence only."
+    )
+    vectors = fuse_collaborative(embeddings.vectors.astype(np.float64), collaborative, weight)
+    return ItemEmbeddings(vectors, source, embeddings.tfidf_features, collaborative)
+
+
+def _backend_embeddings(settings, texts, item_tokens, interactions):
+    """The vectors of the backend alone (see :func:`item_embeddings`)."""
     logger = logging.getLogger()
     backend, seed, dim = settings["sid_embedding"], settings["seed"], settings["sid_embedding_dim"]
     item_num = len(item_tokens)

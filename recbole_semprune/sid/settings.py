@@ -16,6 +16,9 @@ SID_YAML = os.path.join(
 )
 
 EMBEDDINGS = ("tfidf", "sentence", "file", "collaborative", "random")
+# Backends whose vectors come from item content; sid_collaborative_weight fuses training
+# co-occurrence into them.
+CONTENT_EMBEDDINGS = ("tfidf", "sentence", "file")
 QUANTIZERS = ("rkmeans", "rqvae")
 COLLISIONS = ("split", "grow")
 
@@ -107,6 +110,13 @@ def read_settings(config):
         settings[key] = validate.number(key, settings[key], low=0, strict=True)
     for key in ("sid_balanced", "sid_cache"):
         settings[key] = validate.boolean(key, settings[key])
+    weight = validate.number("sid_collaborative_weight", settings["sid_collaborative_weight"], low=0)
+    if weight > 1:
+        raise ValueError(
+            f"sid_collaborative_weight={weight!r} must be in [0, 1]: the share of training "
+            "co-occurrence in the item vectors (0 = content only)."
+        )
+    settings["sid_collaborative_weight"] = weight
 
     ngrams = settings["sid_char_ngrams"]
     if ngrams is not None:
@@ -133,6 +143,16 @@ def read_settings(config):
     return settings
 
 
+def fuses_collaborative(settings):
+    """Whether content vectors are fused with collaborative ones: a content backend and
+    ``sid_collaborative_weight > 0`` (the weight is ignored by ``collaborative`` and
+    ``random``)."""
+    return (
+        settings["sid_embedding"] in CONTENT_EMBEDDINGS
+        and settings["sid_collaborative_weight"] > 0
+    )
+
+
 def splits_collisions(settings):
     """Whether collision groups larger than sid_dedup_size are split by collaborative
     clustering: ``sid_collision: split``, for every backend but ``random`` (the floor, which
@@ -147,6 +167,8 @@ def result_settings(settings, uses_collaborative):
         keys |= set(QUANTIZER_KEYS[settings["sid_quantizer"]])
     if uses_collaborative:
         keys |= set(FALLBACK_KEYS)
+    if fuses_collaborative(settings):  # only then: codes cached before the key existed stay valid
+        keys |= {"sid_collaborative_weight"}
     if splits_collisions(settings):
         keys |= set(SPLIT_KEYS)
     chosen = {key: settings[key] for key in sorted(keys)}

@@ -41,7 +41,12 @@ from recbole_semprune.sid.features import (
     resolve_text_fields,
 )
 from recbole_semprune.sid.quantizers import fixed_threads, residual_kmeans, train_rqvae
-from recbole_semprune.sid.settings import read_settings, result_settings, splits_collisions
+from recbole_semprune.sid.settings import (
+    fuses_collaborative,
+    read_settings,
+    result_settings,
+    splits_collisions,
+)
 
 PAD_CODE = -1
 
@@ -205,8 +210,10 @@ def _build_semantic_ids(config, dataset):
     text_backend = backend in ("tfidf", "sentence")
     fields = resolve_text_fields(dataset, settings["sid_text_fields"]) if text_backend else []
     texts = item_texts(dataset, fields) if text_backend else None
-    uses_collaborative = backend == "collaborative" or (
-        text_backend and not all(has_words(pairs) for pairs in texts[1:])
+    uses_collaborative = (
+        backend == "collaborative"
+        or fuses_collaborative(settings)
+        or (text_backend and not all(has_words(pairs) for pairs in texts[1:]))
     )
     split = splits_collisions(settings)
     interactions = TrainingInteractions(dataset) if uses_collaborative or split else None
@@ -272,6 +279,8 @@ def _build_semantic_ids(config, dataset):
         def collaborative_vectors():
             if backend == "collaborative":
                 return embeddings.vectors[1:]
+            if embeddings.collaborative is not None:  # built for the fused vectors
+                return embeddings.collaborative[1:]
             vectors = training_collaborative_vectors(
                 interactions, settings["sid_embedding_dim"], settings["seed"]
             )
