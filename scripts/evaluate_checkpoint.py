@@ -133,14 +133,10 @@ def ranked_users(model_file, split, exclude_seen):
     return config["model"], topk_list(config), position[order], users[order]
 
 
-def compare(file_a, file_b, split="test", exclude_seen=None):
-    """``(name A, name B, users, rows)``, rows ``(metric, A, B, A - B, standard error)``."""
-    return compare_runs([(file_a, file_b)], split, exclude_seen)[-1]
-
-
 def compare_runs(pairs, split="test", exclude_seen=None):
-    """One result of :func:`compare` per ``(file A, file B)`` pair, then, for several pairs,
-    the pooled one: A and B averaged over the runs, each user's difference over the pairs."""
+    """``(name A, name B, users, rows)`` per ``(file A, file B)`` pair, rows ``(metric, A, B,
+    A - B, standard error)``; then, for several pairs, the pooled one: A and B averaged over the
+    runs, each user's difference over the pairs."""
     runs = [[ranked_users(f, split, exclude_seen) for f in pair] for pair in pairs]
     users = runs[0][0][3]
     for path, run in zip(sum(map(list, pairs), []), sum(runs, [])):

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recbole_semprune.benchmark import report, run_benchmark  # noqa: E402
 from recbole_semprune.benchmark.common import logger, read_json, run_command, start  # noqa: E402
 
+# config key: (flag of its values, their type, default values)
 FACTORS = {"prune_layer": ("prune_layers", int, "1,2,3"),
            "keep_ratio": ("keep_ratios", float, "0.25,0.3333,0.5"),
            "prune_scorer": ("scorers", str, "rastp,attention,saliency_l1,random"),
@@ -24,16 +25,10 @@ FACTORS = {"prune_layer": ("prune_layers", int, "1,2,3"),
 # speed-up column: the unpruned point's figure / this point's = 1 / the benchmark's ratio
 SPEEDUPS = {"train_speedup": "train_seconds_per_step_ratio", "eval_speedup": "eval_seconds_ratio",
             "train_cpu_speedup": "train_cpu_seconds_per_step_ratio"}
-# sweep.csv: these, the kept tokens, every metric, then the rest
-FIRST_COLUMNS = ["point", *FACTORS, "status", "train_seconds_per_step", "train_speedup",
-                 "train_cpu_seconds_per_step", "train_cpu_speedup", "eval_seconds",
-                 "eval_speedup", "tokens_per_second", "peak_memory_mb", "kept_tokens_per_history",
-                 "tokens_per_history", "kept_fraction", "padded_length", "pruned_length"]
-LAST_COLUMNS = ["train_steps", "train_seconds_per_epoch", "epoch_time_source", "eval_users",
-                "params", "error"]
 
 
 def _list(cast):
+    """argparse type: comma-separated values of type ``cast``."""
     def parse(text):
         try:
             return [cast(v) for v in text.split(",") if v.strip()]
@@ -98,14 +93,13 @@ def variant_flags(points):
 
 
 def write_sweep(output, args, points, rows, meta):
-    """sweep.csv (one row per point: its settings, the benchmark's figures, the speed-ups
-    against the unpruned point) and sweep.png."""
-    rows = [{"point": flat["model"], **{key: point.get(key, "") for key in FACTORS}, **flat, **{
-        speedup: 1 / flat[ratio] if flat.get(ratio) else None for speedup, ratio in SPEEDUPS.items()
-    }} for point, flat in zip(points, report.flat_rows(rows, "unpruned"))]
-    metrics = list(dict.fromkeys(k for r in rows for k in r if "@" in k))
-    report.write_csv(os.path.join(output, "sweep.csv"), FIRST_COLUMNS + metrics + LAST_COLUMNS,
-                     rows)
+    """sweep.csv (one row per point: its settings, the speed-ups against the unpruned point,
+    then the benchmark's results.csv columns) and sweep.png."""
+    names = ["point", *FACTORS, *SPEEDUPS] + report.csv_columns(rows)[1:]  # [0]: model = point
+    rows = [{"point": row["model"], **{key: point.get(key, "") for key in FACTORS}, **row, **{
+        speedup: 1 / row[ratio] if row.get(ratio) else None for speedup, ratio in SPEEDUPS.items()
+    }} for point, row in zip(points, report.flat_rows(rows, "unpruned"))]
+    report.write_csv(os.path.join(output, "sweep.csv"), names, rows)
     title = (f"RASTP sweep, {args.dataset}, {meta['budget']['mode']}={meta['budget']['value']}, "
              f"eval users: {meta['eval_max_users'] or 'all'}")
     write_plot(os.path.join(output, "sweep.png"), rows, args.metric, title)
@@ -143,8 +137,8 @@ def main(argv=None):
 
     def run(argv):
         status, _, rows = run_benchmark(argv)
-        meta = read_json(os.path.join(output, "results.json"))["meta"]
-        write_sweep(output, args, points, rows, meta)
+        write_sweep(output, args, points, rows,
+                    read_json(os.path.join(output, "results.json"))["meta"])
         logger.info("results: %s", os.path.abspath(os.path.join(output, "sweep.csv")))
         return status, output
 

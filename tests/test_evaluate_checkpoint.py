@@ -98,7 +98,7 @@ def test_paired_comparison_of_two_checkpoints(script, tiny_data, workdir):
         assert se >= 0
     assert any(se > 0 for _, _, _, _, se in rows)  # the two models differ on some user
     # a checkpoint against itself: no difference, no spread
-    _, _, _, same = script.compare(decoder["saved_model_file"], decoder["saved_model_file"])
+    _, _, _, same = script.compare_runs([(decoder["saved_model_file"],) * 2])[0]
     assert all(diff == 0 and se == 0 for _, _, _, diff, se in same)
     # two pairs pool per user: (Rec2PM - DO + 0) / 2 for each user, so half the difference and
     # half its standard error; A and B are averaged over the runs
@@ -124,7 +124,7 @@ def test_paired_comparison_refuses_different_users(script, tiny_data, workdir):
                                   config_dict=dict(tiny_data, **SMALL, data_path=other,
                                                    checkpoint_dir=str(workdir / "saved-other")))
     with pytest.raises(script.CompareError, match="not the same users"):
-        script.compare(first["saved_model_file"], second["saved_model_file"])
+        script.compare_runs([(first["saved_model_file"], second["saved_model_file"])])
 
 
 def test_exclude_seen_variant_of_a_recbole_model(script, tiny_data):

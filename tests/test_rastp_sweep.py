@@ -34,3 +34,22 @@ def test_grid_and_refused_flags(sweep, capsys):
     with pytest.raises(SystemExit):
         sweep.parse_args(["--keep_ratio=0.5"])
     assert "the sweep sets these keys itself" in capsys.readouterr().err
+
+
+def test_sweep_csv_has_the_settings_the_speed_ups_and_the_benchmark_columns(sweep, tmp_path):
+    import csv
+
+    args, _ = sweep.parse_args(["--prune_layers=1", "--keep_ratios=0.25", "--scorers=rastp"])
+    points = sweep.grid(args)
+    rows = [{"model": sweep.point_name(p), "status": "ok", "train_seconds_per_step": seconds,
+             "train_cpu_seconds_per_step": seconds, "eval_seconds": 1.0, "kept_fraction": kept,
+             "test_result": {"ndcg@10": 0.1}} for p, seconds, kept in zip(points, (2.0, 0.5), (None, 0.3))]
+    meta = {"budget": {"mode": "max_steps", "value": 3}, "eval_max_users": None}
+    sweep.write_sweep(str(tmp_path), args, points, rows, meta)
+    with open(tmp_path / "sweep.csv", newline="", encoding="utf-8") as f:
+        unpruned, pruned = list(csv.DictReader(f))
+    assert list(unpruned)[:8] == ["point", *sweep.FACTORS, *sweep.SPEEDUPS]
+    assert "model" not in unpruned and {"ndcg@10", "kept_fraction", "params"} <= set(unpruned)
+    assert (pruned["point"], pruned["prune_layer"], pruned["keep_ratio"]) == (
+        "rastp-p1-k0_25-fixed", "1", "0.25")
+    assert float(pruned["train_cpu_speedup"]) == 4.0 and float(pruned["ndcg@10"]) == 0.1

@@ -105,8 +105,9 @@ def run_benchmark(argv):
         eval_max_users=args.eval_max_users, valid=bool(args.valid), threads=args.threads,
         report_keys=REPORT_KEYS, init_logger=not args.in_process)
     for spec in specs:  # its result, and the trainer's resume state
-        spec.update({key: os.path.abspath(os.path.join(output, spec["model"], name)) for key, name
-                     in (("result_path", "result.json"), ("last_checkpoint", "last.pth"))})
+        folder = os.path.abspath(os.path.join(output, spec["model"]))
+        spec.update(result_path=os.path.join(folder, "result.json"),
+                    last_checkpoint=os.path.join(folder, "last.pth"))
     first = preflight(args, specs)
     os.makedirs(output, exist_ok=True)
     meta.update(dataset=args.dataset, data_path=os.path.abspath(first["data_path"]),

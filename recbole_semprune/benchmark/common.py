@@ -222,21 +222,20 @@ def torch_threads(threads):
         torch.set_num_threads(saved)
 
 
-def checkpoint_parser(doc, exclude_seen=True):
-    """The parser of a checkpoint script: ``--split``, ``--threads`` and (with ``exclude_seen``)
-    ``--exclude_seen`` (None: as saved); :func:`parse_checkpoint_args` reads it."""
+def checkpoint_parser(doc):
+    """The parser of a checkpoint script: ``--split``, ``--threads``, ``--exclude_seen`` (None:
+    as saved); :func:`parse_checkpoint_args` reads it."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--split", choices=["test", "valid"], default="test")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    if exclude_seen:
-        parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
-                            help="set the history mask exclude_seen (default: the checkpoint's)")
+    parser.add_argument("--exclude_seen", choices=["True", "False"], default=None,
+                        help="set the history mask exclude_seen (default: the checkpoint's)")
     return parser
 
 
 def parse_checkpoint_args(parser, argv, files):
-    """Parsed arguments (the checkpoints ``args.<files>`` checked, threads set, ``exclude_seen``
-    a bool or None)."""
+    """Parsed arguments: the checkpoints ``args.<files>`` checked, threads set, ``exclude_seen``
+    a bool or None."""
     import torch
 
     args = parser.parse_args(argv)
@@ -246,7 +245,7 @@ def parse_checkpoint_args(parser, argv, files):
             parser.error(f"no checkpoint at {path}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if getattr(args, "exclude_seen", None) is not None:
+    if args.exclude_seen is not None:
         args.exclude_seen = args.exclude_seen == "True"
     return args
 
@@ -265,15 +264,14 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2))
 
 
-def remove(paths):
-    """Delete those of ``paths`` that exist."""
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
-
-
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def remove(paths):
+    """Delete those of ``paths`` that exist."""
+    for path in filter(os.path.exists, paths):
+        os.remove(path)

@@ -52,6 +52,9 @@ COLUMNS = {
     "eval_users": Column("extra", "int", "users evaluated"),
     "eval_peak_memory_mb": Column("extra", "0f", "peak memory during evaluation"),
     "build_seconds": Column("extra", "num", "dataset, split, model and trainer construction"),
+    "padded_length": Column("extra", "num", "pruning models: history tokens per row before "
+                            "pruning, padding included"),
+    "pruned_length": Column("extra", "num", "pruning models: the same after pruning"),
     "status": Column("extra", "text", "ok or failed"),
     "error": Column("extra", "text", "why it failed"),
     "history_length": Column("latency", "int", "items in the history"),
@@ -221,11 +224,16 @@ def markdown_report(meta, rows):
     return "\n".join(lines + (["", "Failures:", ""] + failed if failed else [])) + "\n"
 
 
+def csv_columns(rows):
+    """results.csv's columns: the cost columns, the metrics, the ratios, then the others."""
+    return columns("cost") + metric_columns(rows) + columns("ratio") + columns("md", "extra")
+
+
 def write_tables(output, meta, rows):
     """results.json, results.csv and results.md of the models run so far."""
     write_json(os.path.join(output, "results.json"), {"meta": meta, "rows": rows})
-    names = columns("cost") + metric_columns(rows) + columns("ratio") + columns("md", "extra")
-    write_csv(os.path.join(output, "results.csv"), names, flat_rows(rows, meta["baseline"]))
+    write_csv(os.path.join(output, "results.csv"), csv_columns(rows),
+              flat_rows(rows, meta["baseline"]))
     write_text(os.path.join(output, "results.md"), markdown_report(meta, rows))
 
 

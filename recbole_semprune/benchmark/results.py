@@ -128,6 +128,7 @@ def summarise(result, positions):
 
 
 def read_positions(path):
+    """``(user ids, {mask: their target's positions})`` of a run's positions.csv."""
     import torch
 
     with open(path, encoding="utf-8") as f:
@@ -137,6 +138,7 @@ def read_positions(path):
 
 
 def mean_se(values):
+    """Mean and standard error of the finite ``values`` (NaN where there are too few)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     n = len(values)
     mean = sum(values) / n if n else math.nan
@@ -159,6 +161,7 @@ def collect(output, labels):
 
 
 def model_rows(runs):
+    """Per model: the mean and standard error of every figure over its seeds."""
     rows = []
     for label, seeds in runs.items():
         figures = [summarise(result, positions) for result, _, positions in seeds.values()]
@@ -194,12 +197,14 @@ def paired_rows(runs, baseline):
 
 
 def _cell(mean, se, digits=4):
+    """``mean ± se`` (a dash when there is no figure)."""
     if mean is None or not math.isfinite(mean):
         return "—"
-    return f"{mean:.{digits}f}" + ("" if not math.isfinite(se) else f" ± {se:.{digits}f}")
+    return f"{mean:.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else "")
 
 
 def write_tables(output, args):
+    """results.md, results.csv, results.json and results.png of the runs finished so far."""
     from recbole_semprune.analysis import difference_cells
 
     runs = collect(output, args.models)
