@@ -222,6 +222,8 @@ def test_fused_vectors_separate_what_content_cannot(tmp_path, caplog):
     assert "Item vectors fuse content and training co-occurrence (sid_collaborative_weight=0.5)" \
         in caplog.text
     assert "60 item(s) have both, 0 content only" in caplog.text
+    assert "fused with training co-occurrence, sid_collaborative_weight=0.5" in caplog.text
+    assert fused.meta["collaborative_weight"] == 0.5 and content.meta["collaborative_weight"] == 0
     # the quantiser alone now tells the clusters apart: no group mixes two of them
     assert fused.meta["largest_collision_group"] < 40
     for cluster in range(CLUSTERS):

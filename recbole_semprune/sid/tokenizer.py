@@ -343,6 +343,9 @@ def _build_semantic_ids(config, dataset):
             0 if embeddings is None else embeddings.count(ItemEmbeddings.COLLABORATIVE)
         ),
         "items_blank": int(len(blank_items)),
+        "collaborative_weight": (
+            settings["sid_collaborative_weight"] if fuses_collaborative(settings) else 0.0
+        ),
         "codebook_usage": [
             [int(len(torch.unique(codes[1:, level]))), int(size)]
             for level, size in enumerate(level_sizes)
@@ -441,6 +444,11 @@ def diagnostics_table(meta):
             f"{meta['items_content']}, collaborative: {meta['items_collaborative']}, "
             f"neither: {meta['items_blank']})"
         )
+        if meta.get("collaborative_weight"):
+            lines.append(
+                f"content vectors fused with training co-occurrence, "
+                f"sid_collaborative_weight={meta['collaborative_weight']:g}"
+            )
     if meta["input_error"] is not None:
         lines.append(
             "input error (mean squared norm"
