@@ -45,6 +45,11 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     assert sasrec["model_value"] == pytest.approx(rows["SASRec"]["ndcg@10_mask_off"])
     assert sasrec["difference"] == pytest.approx(sasrec["model_value"] - sasrec["baseline_value"])
     assert "Paired per-user differences against TIGER" in (out / "results.md").read_text()
+    # every run records the settings it used, defaults included
+    run = json.loads((out / "TIGER" / "seed-2" / "result.json").read_text())
+    assert run["settings"]["sid_collaborative_weight"] == 0.0
+    assert run["settings"]["sid_levels"] == 2 and run["settings"]["padding_free"] is True
+    assert "Warning" not in (out / "results.md").read_text()
     # a second call finds every run done with the same settings and trains nothing
     capsys.readouterr()
     assert results.main(argv) == 0
@@ -70,6 +75,19 @@ def test_summarise_takes_the_first_best_epoch_and_the_cost_up_to_it():
     # a run whose epochs lack CPU seconds (older result files) shows none rather than a part
     del epochs[0]["cpu_seconds"]
     assert math.isnan(results.summarise(result, positions)["cpu_seconds_per_epoch"])
+
+
+def test_seeds_with_other_settings_are_flagged():
+    def run(seed, **settings):
+        return ({"spec": {"seed": seed}, "settings": {"sid_levels": 3, **settings}}, None, None)
+
+    runs = {"TIGER": {2020: run(2020, sid_collaborative_weight=0.0),
+                      2021: run(2021, sid_collaborative_weight=0.5),
+                      2022: run(2022, sid_collaborative_weight=0.0)},
+            "RASTP": {2020: run(2020), 2021: run(2021)},
+            "SASRec": {2020: ({"spec": {"seed": 2020}}, None, None), 2021: run(2021)}}
+    assert results.mixed_settings(runs) == [
+        ("TIGER", "sid_collaborative_weight", {"0.0": [2020, 2022], "0.5": [2021]})]
 
 
 def test_results_mode_rejects_bad_arguments(tmp_path):

@@ -4,6 +4,7 @@ process in ``<output>/<model>/seed-<seed>/``; the tables are rewritten after eve
 
 import csv
 import glob
+import json
 import math
 import os
 import sys
@@ -97,7 +98,36 @@ def run_one(spec, folder, threads=None):
         "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
         "kmax": max(topk_list(config)), "valid_metric": str(config["valid_metric"]).lower(),
         **{key: result[key] for key in ("epoch_stats", "valid_stats") if key in result},
+        "settings": run_settings(config),
     })
+
+
+def run_settings(config):
+    """The run's value of every plugin setting (each key of its yaml defaults), as JSON values.
+
+    ``spec.json`` holds only what the command set; this holds what the run used, defaults
+    included, so runs made before and after a default changed can be told apart
+    (:func:`mixed_settings`)."""
+    from recbole_semprune.config import plugin_default_files, read_config_file
+
+    keys = {key for file in plugin_default_files(config["model"]) for key in read_config_file(file)}
+    return {key: json.loads(json.dumps(config[key], default=str))
+            for key in sorted(keys) if key in config.final_config_dict}
+
+
+def mixed_settings(runs):
+    """``[(label, key, {value: [seeds]})]``: the settings in which runs of one label differ
+    (runs whose result.json records no settings, written before they were, are left out)."""
+    mixed = []
+    for label, seeds in runs.items():
+        recorded = {seed: run[0]["settings"] for seed, run in seeds.items() if "settings" in run[0]}
+        for key in sorted({key for settings in recorded.values() for key in settings}):
+            values = {}
+            for seed, settings in sorted(recorded.items()):
+                values.setdefault(json.dumps(settings.get(key)), []).append(seed)
+            if len(values) > 1:
+                mixed.append((label, key, values))
+    return mixed
 
 
 def summarise(result, positions):
@@ -232,6 +262,13 @@ def write_tables(output, args):
                       r["model_value"], r["baseline_value"], r["difference"], r["se"])],
                   ["model", "mask", "seeds", "metric", "model", "baseline", "difference", "SE",
                    "diff / SE"], text=("mask", "metric"))]
+    mixed = mixed_settings(runs)
+    if mixed:
+        lines += ["", "## Warning: seeds of one model ran with other settings", "",
+                  "A default may have changed between the runs; their mean mixes two setups.", ""]
+        lines += [f"- {label}: `{key}` " + "; ".join(
+            f"{value} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+            for value, seeds in values.items()) for label, key, values in mixed]
     write_text(os.path.join(output, "results.md"), "\n".join(lines) + "\n")
     if rows:
         report.write_csv(os.path.join(output, "results.csv"), list(rows[0]), rows)
