@@ -174,10 +174,27 @@ def config_differences(saved, config):
     ]
 
 
+# Keys whose yaml default changed after they were added: the value that reproduces what the
+# library did before the key existed. A config written before then (a checkpoint, a resume
+# state) ran with this value, not with today's default.
+EARLIER_BEHAVIOUR = {
+    # fused content + co-occurrence item vectors became the default on 2026-12-05 (issue 20)
+    "sid_collaborative_weight": 0.0,
+}
+
+
+def earlier_behaviour(key, default):
+    """The value of ``key`` that reproduces a run made before the key existed: ``default``
+    (its yaml default) unless that default changed later (:data:`EARLIER_BEHAVIOUR`)."""
+    return EARLIER_BEHAVIOUR.get(key, default)
+
+
 def _added_since_at_default(key, saved_dict, dict_now, defaults):
-    """A key the saved run's version of the library did not have yet, left at its default
-    here: the same run, since a key is added with a default that keeps the earlier behaviour."""
-    return key not in saved_dict and key in defaults and _same(defaults[key], dict_now.get(key))
+    """A key the saved run's version of the library did not have yet, set here to the value
+    that keeps the earlier behaviour (its default, unless that changed since:
+    :func:`earlier_behaviour`): the same run."""
+    return key not in saved_dict and key in defaults and _same(
+        earlier_behaviour(key, defaults[key]), dict_now.get(key))
 
 
 def describe_differences(differences, limit=6):

@@ -23,6 +23,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_semprune import compat
+from recbole_semprune.checkpoint import earlier_behaviour
 from recbole_semprune.errors import SettingsError
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -99,14 +100,14 @@ def plugin_default_files(model_name):
 def add_keys_added_since(config):
     """Complete ``config``, read from a checkpoint written by an earlier version of the plugin,
     with the plugin keys added since (those of ``properties/overall.yaml``, ``protocol.yaml``,
-    ``sid.yaml`` and the model's yaml that it lacks) at their yaml defaults. A key is added with
-    a default that keeps the earlier behaviour, so the saved run reads as it ran. Returns the
-    keys added."""
+    ``sid.yaml`` and the model's yaml that it lacks) at the value that keeps the earlier
+    behaviour (their yaml default, or ``checkpoint.EARLIER_BEHAVIOUR``), so the saved run reads
+    as it ran. Returns the keys added."""
     added = []
     for file in plugin_default_files(config["model"]):
         for key, value in read_config_file(file).items():
             if key not in config.final_config_dict:
-                config[key] = value
+                config[key] = earlier_behaviour(key, value)
                 added.append(key)
     return added
 

@@ -35,8 +35,9 @@ VARIANTS = {
 
 def settings(variant, data_path, checkpoint_dir):
     model, overrides = VARIANTS[variant]
+    # the item codes the fixture was recorded with: content only, the default until 2026-12-05
     return model, {**TINY, **TINY_PROTOCOL, **PRUNING_SMALL, **overrides, "data_path": data_path,
-                   "checkpoint_dir": checkpoint_dir}
+                   "checkpoint_dir": checkpoint_dir, "sid_collaborative_weight": 0.0}
 
 
 def figures(config, model, train_data, test_data):

@@ -267,3 +267,31 @@ def test_key_added_since_the_checkpoint_resumes_only_at_its_default():
     # a key the saved run had is compared as before, default or not
     saved_with = SimpleNamespace(final_config_dict={"learning_rate": 0.001, "fast_dropout": True})
     assert checkpoint.config_differences(saved_with, now()) == [("fast_dropout", True, False)]
+
+
+def test_a_key_whose_default_changed_resumes_at_its_earlier_behaviour(tiny_data):
+    """sid_collaborative_weight came with default 0 (content-only codes) and became 0.5 later:
+    a run saved before the key existed ran at 0, so it resumes at 0, not at today's default,
+    and a checkpoint of it reloads at 0."""
+    from types import SimpleNamespace
+
+    from recbole_semprune.config import add_keys_added_since
+
+    assert checkpoint.earlier_behaviour("sid_collaborative_weight", 0.5) == 0.0
+    assert checkpoint.earlier_behaviour("fast_dropout", False) is False
+    defaults = {"sid_collaborative_weight": 0.5}
+    saved = SimpleNamespace(final_config_dict={})
+
+    def now(**settings):
+        return SimpleNamespace(final_config_dict={**defaults, **settings},
+                               internal_config_dict=defaults)
+
+    assert checkpoint.config_differences(saved, now(sid_collaborative_weight=0.0)) == []
+    assert checkpoint.config_differences(saved, now()) == [("sid_collaborative_weight", None, 0.5)]
+    from recbole_semprune.config import Config
+
+    config = Config(model="TIGER", dataset="tiny", config_dict=tiny_data)
+    assert config["sid_collaborative_weight"] == 0.5  # today's default
+    del config.final_config_dict["sid_collaborative_weight"]  # as in an earlier checkpoint
+    assert "sid_collaborative_weight" in add_keys_added_since(config)
+    assert config["sid_collaborative_weight"] == 0.0

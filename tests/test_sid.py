@@ -298,7 +298,8 @@ def test_dedup_level_grows_for_identical_texts(tmp_path, caplog):
     }
     write_dataset(tmp_path, "dups", items, sequences)
     config, _, train = synthetic_split(
-        tmp_path, "dups", sid_levels=2, sid_codebook_size=4, sid_collision="grow"
+        tmp_path, "dups", sid_levels=2, sid_codebook_size=4, sid_collision="grow",
+        sid_collaborative_weight=0.0,  # content only: nothing tells the 40 items apart
     )
     with caplog.at_level(logging.WARNING):
         sids = build_semantic_ids(config, train)
@@ -352,20 +353,24 @@ def test_cache_key_follows_item_filtering(tmp_path):
     sequences["user_rare"] = ["i0", "i1", "i2", "i3"]
     write_dataset(tmp_path, "filtered", items, sequences)
     paths = {}
-    for collision in ("grow", "split"):
+    for collision, weight in (("grow", 0.0), ("split", 0.0), ("grow", 0.5)):
         for interval in (None, "[5,inf)"):
             config, _, train = synthetic_split(
                 tmp_path, "filtered", sid_levels=2, sid_codebook_size=2, sid_cache=True,
                 user_inter_num_interval=interval, sid_collision=collision,
+                sid_collaborative_weight=weight,
             )
-            paths[collision, interval] = build_semantic_ids(config, train).meta["cache_path"]
+            paths[collision, weight, interval] = build_semantic_ids(config, train).meta[
+                "cache_path"]
     # filtering users changes the training interactions only; texts and items stay: same key
-    # as long as no interaction is read (grow), a new key when they split collision groups
-    assert paths["grow", None] == paths["grow", "[5,inf)"]
-    assert paths["split", None] != paths["split", "[5,inf)"]
+    # as long as no interaction is read (content only, grow), a new key when they split
+    # collision groups or are fused into the vectors
+    assert paths["grow", 0.0, None] == paths["grow", 0.0, "[5,inf)"]
+    assert paths["split", 0.0, None] != paths["split", 0.0, "[5,inf)"]
+    assert paths["grow", 0.5, None] != paths["grow", 0.5, "[5,inf)"]
     config, _, train = synthetic_split(
         tmp_path, "filtered", sid_levels=2, sid_codebook_size=2, sid_cache=True,
-        item_inter_num_interval="[4,inf)", sid_collision="grow",
+        item_inter_num_interval="[4,inf)", sid_collision="grow", sid_collaborative_weight=0.0,
     )
     assert train.item_num < 21
     assert build_semantic_ids(config, train).meta["cache_path"] not in paths.values()
@@ -404,8 +409,12 @@ def test_file_backend_tsv_and_npz(ml100k, tmp_path):
 
     from_tsv = build_semantic_ids(file_settings(config, tsv), train)
     from_npz = build_semantic_ids(file_settings(config, npz), train)
-    assert from_tsv.meta["embedding_dim"] == 12 and from_tsv.meta["items_content"] == 1682
+    assert from_tsv.meta["items_content"] == 1682
     assert torch.equal(from_tsv.codes, from_npz.codes)
+    # the default fuses the file's 12 dimensions with the collaborative ones; 0: the file alone
+    assert from_tsv.meta["embedding_dim"] > 12 and from_tsv.meta["collaborative_weight"] == 0.5
+    alone = build_semantic_ids(dict(file_settings(config, tsv), sid_collaborative_weight=0), train)
+    assert alone.meta["embedding_dim"] == 12
 
 
 def test_file_backend_errors(ml100k, tmp_path):
@@ -470,12 +479,14 @@ def test_collaborative_needs_the_training_split(ml100k):
     config, unsplit, _ = ml100k
     with pytest.raises(ValueError, match="training split"):
         build_semantic_ids(with_settings(config, sid_embedding="collaborative"), unsplit)
-    # splitting collision groups (the default) reads interactions too
-    with pytest.raises(ValueError, match="training split"):
-        build_semantic_ids(config, unsplit)
-    # text alone needs no interactions: the unsplit dataset is fine with sid_collision=grow,
-    # and random codes never read interactions
-    for settings in ({"sid_collision": "grow"}, {"sid_embedding": "random"}):
+    # fused vectors and the split of collision groups (both default) read interactions too
+    for settings in ({}, {"sid_collision": "grow"}, {"sid_collaborative_weight": 0.0}):
+        with pytest.raises(ValueError, match="training split"):
+            build_semantic_ids(with_settings(config, **settings), unsplit)
+    # text alone needs no interactions: the unsplit dataset is fine with content-only vectors
+    # and sid_collision=grow, and random codes never read interactions
+    for settings in ({"sid_collision": "grow", "sid_collaborative_weight": 0.0},
+                     {"sid_embedding": "random"}):
         sids = build_semantic_ids(with_settings(config, **settings), unsplit)
         assert len(torch.unique(sids.codes[1:], dim=0)) == 1682
 

@@ -83,7 +83,10 @@ def write_clusters(root, name, change=None):
 def cluster_split(root, change=None, **settings):
     name = f"clusters_{change or 'original'}"
     write_clusters(root, name, change)
-    values = {"sid_levels": 2, "sid_codebook_size": 8, "sid_dedup_size": 10, **settings}
+    # content-only vectors unless a test asks for fused ones: one title, nothing tells the
+    # widgets apart but their co-purchases
+    values = {"sid_levels": 2, "sid_codebook_size": 8, "sid_dedup_size": 10,
+              "sid_collaborative_weight": 0.0, **settings}
     return synthetic_split(root, name, **values)
 
 
@@ -169,9 +172,9 @@ def test_smallest_cap():
 @pytest.mark.parametrize(
     "settings",
     [
-        {},  # default: tfidf content, collision groups split by co-occurrence
+        {"sid_collaborative_weight": 0.5},  # the default: tfidf fused with co-occurrence, split
+        {},  # content only (cluster_split's), collision groups split by co-occurrence
         {"sid_embedding": "collaborative"},
-        {"sid_collaborative_weight": 0.5},  # tfidf fused with co-occurrence
     ],
 )
 def test_validation_and_test_interactions_cannot_change_the_codes(tmp_path, settings):
@@ -234,7 +237,8 @@ def test_fused_vectors_separate_what_content_cannot(tmp_path, caplog):
     zero = build_semantic_ids(with_settings(config, sid_collaborative_weight=0.0), train)
     assert torch.equal(zero.codes, content.codes)
     # ... and the same cache key: the weight enters the key only when it is used
-    assert "sid_collaborative_weight" not in result_settings(read_settings({}), False)
+    assert "sid_collaborative_weight" not in result_settings(
+        read_settings({"sid_collaborative_weight": 0.0}), False)
     assert result_settings(read_settings({"sid_collaborative_weight": 0.5}), True)[
         "sid_collaborative_weight"] == 0.5
     # the weight means nothing to backends that read no content
@@ -246,7 +250,7 @@ def test_fused_vectors_separate_what_content_cannot(tmp_path, caplog):
 
 
 def test_collaborative_weight_is_checked():
-    assert read_settings({})["sid_collaborative_weight"] == 0.0
+    assert read_settings({})["sid_collaborative_weight"] == 0.5  # the default
     assert read_settings({"sid_collaborative_weight": 1})["sid_collaborative_weight"] == 1.0
     with pytest.raises(ValueError, match=r"^sid_collaborative_weight=1.5 must be in \[0, 1\]"):
         read_settings({"sid_collaborative_weight": 1.5})

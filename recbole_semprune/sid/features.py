@@ -136,8 +136,9 @@ class TrainingInteractions:
         inter = dataset.inter_feat
         if inter is None or isinstance(inter, pd.DataFrame):
             raise ValueError(
-                "Collaborative item vectors (sid_embedding=collaborative, items without text, "
-                "sid_collision=split) are built from the training interactions only, but this "
+                "Collaborative item vectors (sid_embedding=collaborative, sid_collaborative_weight "
+                "> 0, items without text, sid_collision=split) are built from the training "
+                "interactions only, but this "
                 "dataset has not been split: pass the training split "
                 "(`train_data.dataset`, or `dataset.build()[0]`), not the dataset returned by "
                 "create_dataset."
