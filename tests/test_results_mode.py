@@ -47,7 +47,7 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     assert "Paired per-user differences against TIGER" in (out / "results.md").read_text()
     # every run records the settings it used, defaults included
     run = json.loads((out / "TIGER" / "seed-2" / "result.json").read_text())
-    assert run["settings"]["sid_collaborative_weight"] == 0.0
+    assert run["settings"]["sid_collaborative_weight"] == 0.5  # the default
     assert run["settings"]["sid_levels"] == 2 and run["settings"]["padding_free"] is True
     assert "Warning" not in (out / "results.md").read_text()
     # a second call finds every run done with the same settings and trains nothing
