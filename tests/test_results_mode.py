@@ -56,7 +56,7 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     assert capsys.readouterr().out.count("] done") == 3
 
 
-def test_summarise_takes_the_first_best_epoch_and_the_cost_up_to_it():
+def test_summarise_takes_the_last_best_epoch_as_recbole_and_the_cost_up_to_it():
     import torch
 
     epochs = [{"epoch": e, "seconds": 10.0 * (e + 1), "cpu_seconds": 5.0 + e, "peak_memory_mb": m}
@@ -66,8 +66,10 @@ def test_summarise_takes_the_first_best_epoch_and_the_cost_up_to_it():
     # user 0 hits at rank 0, user 1 at rank 3 with the mask on only, user 2 misses
     positions = {"off": torch.tensor([0, 12, 50]), "on": torch.tensor([0, 3, 50])}
     figures = results.summarise(result, positions)
-    assert figures["best_epoch"] == 2  # the first of the tied best scores, as RecBole keeps it
-    assert figures["seconds_to_best"] == 10 + 20 + 30 and figures["epochs"] == 4
+    # the last of the tied best scores: RecBole's early stopping takes a tie as the new best
+    # (value >= best) and saves that epoch's checkpoint, the one tested
+    assert figures["best_epoch"] == 3
+    assert figures["seconds_to_best"] == 10 + 20 + 30 + 40 and figures["epochs"] == 4
     assert figures["seconds_per_epoch"] == 25 and figures["cpu_seconds_per_epoch"] == 6.5
     assert figures["peak_memory_mb"] == 300
     assert figures["recall@10_mask_off"] == pytest.approx(1 / 3)

@@ -143,9 +143,12 @@ def summarise(result, positions):
     epochs = result.get("epoch_stats") or []
     valids = result.get("valid_stats") or []
     metric = result.get("valid_metric")
-    scored = [v for v in valids if metric in v["result"]]
-    # RecBole keeps the first epoch that reached the best score
-    best = max(scored, key=lambda v: float(v["result"][metric]), default=None)
+    # RecBole's early stopping takes a validation that equals the best so far as the new best
+    # (``value >= best``) and saves its checkpoint: the last epoch with the best score is tested
+    best = None
+    for valid in (v for v in valids if metric in v["result"]):
+        if best is None or float(valid["result"][metric]) >= float(best["result"][metric]):
+            best = valid
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
     cpu = [e["cpu_seconds"] for e in epochs if "cpu_seconds" in e]
