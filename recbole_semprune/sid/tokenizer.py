@@ -277,7 +277,7 @@ def _build_semantic_ids(config, dataset):
     report, split_start = None, time.perf_counter()
     if split:
         def collaborative_vectors():
-            if backend == "collaborative":
+            if backend == "collaborative":  # the quantiser's float32 copy, as always split
                 return embeddings.vectors[1:]
             if embeddings.collaborative is not None:  # built for the fused vectors
                 return embeddings.collaborative[1:]
