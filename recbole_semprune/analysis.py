@@ -1,5 +1,5 @@
 """Per-user ranking figures of a trained sequential model, for analyses RecBole's evaluator does
-not give: metrics by history length, and paired differences between two models on the same
+not give: metrics by history length or by the target's count in training, and paired differences between two models on the same
 users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``).
 
 Every evaluation row of a sequential RecBole dataset has one target item, so a user's Recall@k
@@ -87,11 +87,12 @@ def per_user_metrics(position, topk):
     return values
 
 
-def metrics_by_length(position, length, bounds, topk):
+def metrics_by_group(position, values, bounds, topk, lowest=1):
     """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
-    positions ``[N]`` grouped by their history lengths ``[N]`` (groups bounded by ``bounds``)."""
-    group = torch.bucketize(length, torch.tensor(bounds), right=True)
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip([1, *bounds], bounds)] + [f">={bounds[-1]}"]
+    positions ``[N]`` grouped by a per-user value ``[N]`` (history length, the target's count
+    in training ...): ``lowest``-``bounds[0] - 1``, ..., ``>= bounds[-1]``."""
+    group = torch.bucketize(values, torch.tensor(bounds), right=True)
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip([lowest, *bounds], bounds)] + [f">={bounds[-1]}"]
     rows = []
     for number, name in enumerate(names):
         users = int((group == number).sum())
@@ -99,6 +100,27 @@ def metrics_by_length(position, length, bounds, topk):
         rows.append((name, users, {m: float(v.mean()) if users else float("nan")
                                    for m, v in values.items()}))
     return rows
+
+
+def training_counts(dataset, *eval_data):
+    """LongTensor ``[n_items]``: how often each item occurs in the training interactions. A
+    sequential RecBole ``dataset`` (before its split) holds one row per interaction but each
+    user's first, whose target is that interaction and whose row of length 1 has the first in
+    its history; the targets of the evaluation loaders ``eval_data`` are held out of training."""
+    feat, field, n = dataset.inter_feat, dataset.iid_field, dataset.item_num
+    history = feat[getattr(dataset, f"{field}_list_field")]
+    firsts = history[:, 0][feat[dataset.item_list_length_field] == 1]
+    counts = torch.bincount(torch.cat([feat[field], firsts]), minlength=n)
+    for data in eval_data:
+        counts -= torch.bincount(data._dataset.inter_feat[field], minlength=n)
+    return counts
+
+
+def equal_groups(values, groups=5):
+    """Increasing integer bounds that split ``values`` ``[N]`` into about ``groups`` groups of
+    equal size (fewer where values repeat), for :func:`metrics_by_group`."""
+    quantiles = torch.quantile(values.double(), torch.arange(1, groups, dtype=torch.double) / groups)
+    return sorted({math.ceil(q) for q in quantiles.tolist()} - {math.ceil(values.min())})
 
 
 def paired_difference(a, b):

@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
-    difference_cells, load_checkpoint, metrics_by_length, per_user_metrics, pooled_difference,
+    difference_cells, load_checkpoint, metrics_by_group, per_user_metrics, pooled_difference,
     rank_targets, set_exclude_seen, topk_list,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
@@ -106,7 +106,7 @@ def evaluate_variants(model_file, variants, split="test", length_groups=None):
         with torch.no_grad():
             result = trainer.evaluate(data, load_best_model=False, show_progress=False)
             seconds = time.perf_counter() - start
-        groups = bounds and metrics_by_length(*rank_targets(model, config, data)[:2], bounds,
+        groups = bounds and metrics_by_group(*rank_targets(model, config, data)[:2], bounds,
                                               topk_list(config))
         rows.append((text or "(as saved)", seconds, result, groups))
     return rows

@@ -45,6 +45,31 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     assert sasrec["model_value"] == pytest.approx(rows["SASRec"]["ndcg@10_mask_off"])
     assert sasrec["difference"] == pytest.approx(sasrec["model_value"] - sasrec["baseline_value"])
     assert "Paired per-user differences against TIGER" in (out / "results.md").read_text()
+    # each test user's target count in training: its interactions less its valid / test rows
+    import pandas as pd
+    inter = pd.read_csv(os.path.join(data, "tiny", "tiny.inter"), sep="\t")
+    inter.columns = [c.split(":")[0] for c in inter.columns]
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable")
+    held_out = inter.groupby("user_id").cumcount(ascending=False) < 2  # valid and test targets
+    in_training = inter[~held_out]["item_id"].astype(str).value_counts()
+    test_items = inter[inter.groupby("user_id").cumcount(ascending=False) == 0]
+    expected = sorted(int(in_training.get(str(item), 0)) for item in test_items["item_id"])
+    with open(out / "TIGER" / "seed-1" / "positions.csv") as f:
+        got = sorted(int(line.split("\t")[3]) for line in list(f)[1:])
+    assert got == expected and len(set(got)) > 1
+    by_count = table["by_target_count"]
+    assert {(r["model"], r["mask"]) for r in by_count} == {
+        (m, k) for m in ("TIGER", "SASRec") for k in ("off", "on")}
+    # the groups' figures, weighted by their users, give the model's NDCG@10
+    users, positions = results.read_positions(out / "SASRec" / "seed-1" / "positions.csv")
+    from recbole_semprune.analysis import equal_groups, metrics_by_group
+    _, tiger_positions = results.read_positions(out / "TIGER" / "seed-1" / "positions.csv")
+    groups = metrics_by_group(positions["off"], positions["target_count"],
+                              equal_groups(tiger_positions["target_count"]), [10], lowest=0)
+    sasrec = next(r for r in by_count if r["model"] == "SASRec" and r["mask"] == "off")
+    assert sum(users * sasrec[name][0] for name, users, _ in groups if users) / len(positions["off"]) \
+        == pytest.approx(rows["SASRec"]["ndcg@10_mask_off"])
+    assert "by the target's count in training" in (out / "results.md").read_text()
     # every run records the settings it used, defaults included
     run = json.loads((out / "TIGER" / "seed-2" / "result.json").read_text())
     assert run["settings"]["sid_collaborative_weight"] == 0.5  # the default

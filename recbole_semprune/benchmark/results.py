@@ -67,11 +67,12 @@ def last_error(folder):
 
 def run_one(spec, folder, threads=None):
     """Train, test and rank one (model, seed) in ``folder`` (this process's working folder):
-    writes ``positions.csv``, then ``result.json``."""
+    writes ``positions.csv`` (each test user's target position with the mask off and on, and
+    how often that target occurs in training), then ``result.json``."""
     import torch
     from recbole.utils import init_seed
 
-    from recbole_semprune.analysis import rank_targets, topk_list
+    from recbole_semprune.analysis import rank_targets, topk_list, training_counts
     from recbole_semprune.quick_start import load_data_and_model, run_recbole_semprune
 
     if threads:
@@ -85,14 +86,19 @@ def run_one(spec, folder, threads=None):
     sys.argv = [sys.argv[0]]  # RecBole's Config reads the command line
     result = run_recbole_semprune(spec["model_class"], spec["dataset"], spec.get("config_files"),
                                   config_dict)
-    config, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
+    config, model, dataset, _, valid_data, test_data = load_data_and_model(
+        result["saved_model_file"])
+    rows = test_data._dataset.inter_feat
+    counts = training_counts(dataset, valid_data, test_data)[rows[dataset.iid_field]]
+    target_count = dict(zip(rows[dataset.uid_field].tolist(), counts.tolist()))
     columns = {}
     for mask in MASKS:
         init_seed(config["seed"], config["reproducibility"])
         position, _, users = rank_targets(model, config, test_data, mask == "on")
         columns[mask] = dict(zip(users.tolist(), position.tolist()))
-    write_text(POSITIONS_FILE, "user_id\tposition_off\tposition_on\n" + "".join(
-        f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\n" for u in sorted(columns["off"])))
+    write_text(POSITIONS_FILE, "user_id\tposition_off\tposition_on\ttarget_count\n" + "".join(
+        f"{u}\t{columns['off'][u]}\t{columns['on'][u]}\t{target_count[u]}\n"
+        for u in sorted(columns["off"])))
     write_json(RESULT_FILE, {
         "spec": spec, "test_result": {k: float(v) for k, v in result["test_result"].items()},
         "best_valid_result": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
@@ -161,13 +167,17 @@ def summarise(result, positions):
 
 
 def read_positions(path):
-    """``(user ids, {mask: their target's positions})`` of a run's positions.csv."""
+    """``(user ids, {mask: their target's positions})`` of a run's positions.csv, the dict also
+    holding ``target_count`` (the target's count in training) where the file has it."""
     import torch
 
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
+    columns = {mask: f"position_{mask}" for mask in MASKS}
+    if rows and "target_count" in rows[0]:
+        columns["target_count"] = "target_count"
     return torch.tensor([int(r["user_id"]) for r in rows]), {
-        mask: torch.tensor([int(r[f"position_{mask}"]) for r in rows]) for mask in MASKS}
+        key: torch.tensor([int(r[name]) for r in rows]) for key, name in columns.items()}
 
 
 def mean_se(values):
@@ -229,6 +239,33 @@ def paired_rows(runs, baseline):
     return rows
 
 
+def count_rows(runs, baseline):
+    """Test NDCG@10 per model and mask in groups of users by how often their target occurs in
+    training (five groups of about equal size, bounds from the baseline's first run): ``(group
+    names with their users, rows)``; runs whose positions.csv has no counts (written before the
+    column existed) are left out."""
+    from recbole_semprune.analysis import equal_groups, metrics_by_group
+
+    counted = {label: [run[2] for run in seeds.values() if "target_count" in run[2]]
+               for label, seeds in runs.items()}
+    found = counted.get(baseline) or [p for label in counted for p in counted[label]]
+    bounds = equal_groups(found[0]["target_count"]) if found else []
+    if not bounds:
+        return [], []
+    rows = []
+    for label, seeds in counted.items():
+        for mask in MASKS if seeds else ():
+            groups = [metrics_by_group(positions[mask], positions["target_count"], bounds, [10],
+                                       lowest=0) for positions in seeds]
+            row = {"model": label, "mask": mask, "seeds": len(groups)}
+            for number, (name, _, _) in enumerate(groups[0]):
+                row[name] = mean_se([g[number][2]["ndcg@10"] for g in groups])
+            rows.append(row)
+    names = [f"{name} ({users:,} users)" for name, users, _ in metrics_by_group(
+        found[0]["off"], found[0]["target_count"], bounds, [10], lowest=0)]
+    return names, rows
+
+
 def _cell(mean, se, digits=4):
     """``mean ± se`` (a dash when there is no figure)."""
     if mean is None or not math.isfinite(mean):
@@ -265,6 +302,19 @@ def write_tables(output, args):
                       r["model_value"], r["baseline_value"], r["difference"], r["se"])],
                   ["model", "mask", "seeds", "metric", "model", "baseline", "difference", "SE",
                    "diff / SE"], text=("mask", "metric"))]
+    groups, by_count = count_rows(runs, args.baseline)
+    if by_count:
+        keys = [name.split(" ")[0] for name in groups]
+        lines += ["", "## Test NDCG@10 by the target's count in training", "",
+                  "Test users grouped by how often their target item occurs in the training "
+                  "interactions (columns: the count, the users), mean ± standard error over the "
+                  "seeds: where a model's accuracy comes from, popular or rare targets (runs "
+                  "written before the counts were recorded are left out).", "",
+                  report.markdown_table(
+                      ["model", "mask", "seeds", *keys], by_count,
+                      lambda r: [r["model"], r["mask"], str(r["seeds"])] + [
+                          _cell(*r[k]) for k in keys], ["model", "mask", "seeds", *groups],
+                      text=("mask",))]
     mixed = mixed_settings(runs)
     if mixed:
         lines += ["", "## Warning: seeds of one model ran with other settings", "",
@@ -275,7 +325,8 @@ def write_tables(output, args):
     write_text(os.path.join(output, "results.md"), "\n".join(lines) + "\n")
     if rows:
         report.write_csv(os.path.join(output, "results.csv"), list(rows[0]), rows)
-    write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired})
+    write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired,
+                                                       "by_target_count": by_count})
     shown = [(r["model"], r["seconds_to_best"] / 3600, r["ndcg@10_mask_off"],
               r["ndcg@10_mask_off_se"]) for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
 
