@@ -87,12 +87,20 @@ def per_user_metrics(position, topk):
     return values
 
 
+def groups_of(values, bounds, lowest=1):
+    """``(group number of each value [N], group names)``: ``lowest``-``bounds[0] - 1``, ...,
+    ``>= bounds[-1]``."""
+    group = torch.bucketize(values, torch.tensor(bounds, dtype=values.dtype), right=True)
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip([lowest, *bounds], bounds)] + [
+        f">={bounds[-1] if bounds else lowest}"]
+    return group, names
+
+
 def metrics_by_group(position, values, bounds, topk, lowest=1):
     """``[(group name, users, {"recall@k": .., "ndcg@k": ..})]`` of the users' target
     positions ``[N]`` grouped by a per-user value ``[N]`` (history length, the target's count
-    in training ...): ``lowest``-``bounds[0] - 1``, ..., ``>= bounds[-1]``."""
-    group = torch.bucketize(values, torch.tensor(bounds), right=True)
-    names = [f"{lo}-{hi - 1}" for lo, hi in zip([lowest, *bounds], bounds)] + [f">={bounds[-1]}"]
+    in training ...), groups as :func:`groups_of` makes them."""
+    group, names = groups_of(values, bounds, lowest)
     rows = []
     for number, name in enumerate(names):
         users = int((group == number).sum())
@@ -121,6 +129,28 @@ def equal_groups(values, groups=5):
     equal size (fewer where values repeat), for :func:`metrics_by_group`."""
     quantiles = torch.quantile(values.double(), torch.arange(1, groups, dtype=torch.double) / groups)
     return sorted({math.ceil(q) for q in quantiles.tolist()} - {math.ceil(values.min())})
+
+
+def code_ranks(model, data):
+    """``(ranks [N, L], targets [N])`` of a SID model over an evaluation loader: at each level,
+    how many of the codes the trie allows after the target's own prefix the model scores above
+    the target's code (0: first), by teacher forcing. Where generation goes wrong: a coarse
+    level (the kind of item) or a fine one (which of similar items)."""
+    ranks, targets = [], []
+    with torch.no_grad():
+        for batch in data:
+            interaction = batch[0].to(model.device)
+            target = interaction[model.POS_ITEM_ID]
+            codes = model.codes[target]
+            hidden = model.target_hidden(*model.history(interaction), model.item_tokens(target))
+            levels = []
+            for level in range(model.n_levels):
+                scores = model.output.level_log_probs(hidden[:, level], level).masked_fill(
+                    ~model.trie.allowed(level, codes[:, :level]), float("-inf"))
+                levels.append((scores > scores.gather(1, codes[:, level:level + 1])).sum(1))
+            ranks.append(torch.stack(levels, 1))
+            targets.append(target)
+    return torch.cat(ranks).cpu(), torch.cat(targets).cpu()
 
 
 def paired_difference(a, b):

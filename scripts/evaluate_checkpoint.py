@@ -7,7 +7,8 @@
 
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` over ``INFERENCE_KEYS`` (empty: as saved); each row is
 RecBole's evaluator on the checkpoint's own split and metrics. ``--length_groups=50,200`` adds
-Recall / NDCG per history length group. ``--compare``: per metric A, B, the mean per-user
+Recall / NDCG per history length group; ``--code_ranks`` (SID models), how often the target's
+code at each level comes first given the target's own prefix, by the target's count in training. ``--compare``: per metric A, B, the mean per-user
 difference A - B, its standard error and their ratio; several pairs (seeds) pool per user
 (README.md, docs/results.md).
 """
@@ -22,8 +23,9 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from recbole_semprune.analysis import (  # noqa: E402
-    difference_cells, load_checkpoint, metrics_by_group, per_user_metrics, pooled_difference,
-    rank_targets, set_exclude_seen, topk_list,
+    code_ranks, difference_cells, equal_groups, groups_of, load_checkpoint, metrics_by_group,
+    per_user_metrics, pooled_difference, rank_targets, set_exclude_seen, topk_list,
+    training_counts,
 )
 from recbole_semprune.benchmark.common import checkpoint_parser, parse_checkpoint_args  # noqa: E402
 from recbole_semprune.benchmark.report import markdown_table  # noqa: E402
@@ -125,6 +127,31 @@ def markdown(rows):
     return "\n\n".join(tables)
 
 
+def code_rank_table(model_file, split="test"):
+    """Markdown: per group of targets by their count in training (five of about equal users),
+    the share whose code at each level ranks first given the target's own prefix, and the
+    median rank (:func:`~recbole_semprune.analysis.code_ranks`)."""
+    from recbole_semprune.quick_start import load_data_and_model
+    from recbole_semprune.utils import get_model, is_sid_model
+
+    name = torch.load(model_file, map_location="cpu", weights_only=False)["config"]["model"]
+    if not is_sid_model(get_model(name)):  # before the dataset is built
+        raise VariantError(f"--code_ranks needs a SID model; {model_file} holds a {name}")
+    _, model, dataset, _, valid, test = load_data_and_model(model_file)
+    ranks, targets = code_ranks(model.eval(), valid if split == "valid" else test)
+    counts = training_counts(dataset, valid, test)[targets]
+    group, names = groups_of(counts, equal_groups(counts), lowest=0)
+    rows = [(name, ranks[group == number]) for number, name in enumerate(names)
+            if (group == number).any()] + [("all", ranks)]
+    levels = range(ranks.shape[1])
+    return markdown_table(
+        ["target count", "users", *(f"level {l} first" for l in levels),
+         *(f"level {l} median rank" for l in levels)], rows,
+        lambda r: [r[0], f"{len(r[1]):,}", *(f"{100 * float((r[1][:, l] == 0).float().mean()):.1f}%"
+                                              for l in levels),
+                   *(str(int(r[1][:, l].median())) for l in levels)], text=["target count"])
+
+
 def ranked_users(model_file, split, exclude_seen):
     """``(model name, topk, positions [N], user ids [N])`` of one checkpoint, rows by user id."""
     config, model, data = load_checkpoint(model_file, split)
@@ -167,15 +194,23 @@ def main(argv=None):
     parser.add_argument("--variants", default="", help="';'-separated KEY=VALUE[,KEY=VALUE] sets")
     parser.add_argument("--output", default=None, help="also write the table to this file")
     parser.add_argument("--length_groups", default=None, help="history lengths, e.g. 50,200")
+    parser.add_argument("--code_ranks", action="store_true", help="SID models: where generation "
+                        "goes wrong, level by level, by the target's count in training")
     args = parse_checkpoint_args(parser, argv, "checkpoints")
     files = args.checkpoints
     if not args.compare and (len(files) != 1 or args.exclude_seen is not None):
         parser.error("one checkpoint (--exclude_seen is a variant here), or --compare A B ...")
-    if args.compare and (len(files) % 2 or args.variants or args.length_groups or args.output):
+    if args.compare and (len(files) % 2 or args.variants or args.length_groups or args.output
+                         or args.code_ranks):
         parser.error(f"--compare takes checkpoints in pairs A B (got {len(files)}) and no "
-                     "--variants, --length_groups or --output")
+                     "--variants, --length_groups, --code_ranks or --output")
     try:
         if not args.compare:
+            for text in args.variants.split(";"):  # bad settings fail before any loading
+                parse_variant(text)
+            if args.length_groups:
+                parse_groups(args.length_groups)
+            ranks = code_rank_table(files[0], args.split) if args.code_ranks else None
             rows = evaluate_variants(files[0], args.variants.split(";"), args.split,
                                      args.length_groups)
         else:
@@ -184,10 +219,11 @@ def main(argv=None):
     except (VariantError, CompareError) as error:
         parser.error(str(error))
     if not args.compare:
-        print(markdown(rows))
+        text = markdown(rows) + (f"\n\n{ranks}" if ranks else "")
+        print(text)
         if args.output:
             with open(args.output, "w") as handle:
-                handle.write(markdown(rows) + "\n")
+                handle.write(text + "\n")
         return rows
     for i, (name_a, name_b, users, rows) in enumerate(results):
         if len(results) > 1:

@@ -141,3 +141,38 @@ def test_exclude_seen_variant_of_a_recbole_model(script, tiny_data):
                                           sasrec["saved_model_file"], f"--exclude_seen={exclude}"])
         for metric, a, b, diff, se in table:
             assert a == b == pytest.approx(expected[metric], abs=1e-4)
+
+
+def test_code_ranks_say_where_greedy_generation_goes_wrong(script, tiny_data, tmp_path):
+    import torch
+
+    from conftest import TINY_SID
+    from recbole_semprune.analysis import code_ranks, load_checkpoint
+
+    result = run_recbole_semprune(model="TIGER", dataset="tiny",
+                                  config_dict=dict(tiny_data, **TINY_SID, epochs=3))
+    output = tmp_path / "table.md"
+    script.main([result["saved_model_file"], "--code_ranks", "--output", str(output)])
+    table = output.read_text().split("\n\n")[1].splitlines()
+    assert table[0].startswith("| target count | users | level 0 first | level 1 first |")
+    assert table[-1].startswith("| all | 120 |")
+    # a target whose code ranks first at every level, given its own prefix, is exactly what
+    # greedy decoding (a beam of 1) generates
+    _, model, data = load_checkpoint(result["saved_model_file"])
+    model.exclude_seen = False
+    ranks, targets = code_ranks(model, data)
+    greedy = torch.cat([model.generate(*model.history(batch[0]), beam_size=1)[0][:, 0]
+                        for batch in data])
+    assert torch.equal((ranks == 0).all(1), greedy == targets)
+    assert 0 < int((greedy == targets).sum()) < len(targets)
+    first = f"{100 * float((ranks[:, 0] == 0).float().mean()):.1f}%"
+    assert table[-1].split(" | ")[2] == first
+
+
+def test_code_ranks_refuse_a_model_without_codes_before_loading_its_data(script, tiny_data,
+                                                                         capsys):
+    result = run_recbole_semprune(model="SASRec", dataset="tiny",
+                                  config_dict=dict(tiny_data, epochs=1))
+    with pytest.raises(SystemExit):
+        script.main([result["saved_model_file"], "--code_ranks"])
+    assert "--code_ranks needs a SID model" in capsys.readouterr().err
