@@ -1,6 +1,8 @@
 """Per-user ranking figures of a trained sequential model, for analyses RecBole's evaluator does
-not give: metrics by history length or by the target's count in training, and paired differences between two models on the same
-users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``).
+not give: metrics by history length or by the target's count in training, where a SID model's
+generation goes wrong (:func:`code_ranks`), and paired differences between two models on the
+same users (``scripts/evaluate_checkpoint.py``, ``scripts/rec2pm_memory_probe.py``, results
+mode).
 
 Every evaluation row of a sequential RecBole dataset has one target item, so a user's Recall@k
 is 1 if the target is in its top k and its NDCG@k is ``1 / log2(position + 2)`` then (position
@@ -127,7 +129,8 @@ def training_counts(dataset, *eval_data):
 def equal_groups(values, groups=5):
     """Increasing integer bounds that split ``values`` ``[N]`` into about ``groups`` groups of
     equal size (fewer where values repeat), for :func:`metrics_by_group`."""
-    quantiles = torch.quantile(values.double(), torch.arange(1, groups, dtype=torch.double) / groups)
+    levels = torch.arange(1, groups, dtype=torch.double) / groups
+    quantiles = torch.quantile(values.double(), levels)
     return sorted({math.ceil(q) for q in quantiles.tolist()} - {math.ceil(values.min())})
 
 

@@ -8,9 +8,9 @@
 A variant is ``KEY=VALUE[,KEY=VALUE...]`` over ``INFERENCE_KEYS`` (empty: as saved); each row is
 RecBole's evaluator on the checkpoint's own split and metrics. ``--length_groups=50,200`` adds
 Recall / NDCG per history length group; ``--code_ranks`` (SID models), how often the target's
-code at each level comes first given the target's own prefix, by the target's count in training. ``--compare``: per metric A, B, the mean per-user
-difference A - B, its standard error and their ratio; several pairs (seeds) pool per user
-(README.md, docs/results.md).
+code at each level comes first given the target's own prefix, by the target's count in
+training. ``--compare``: per metric A, B, the mean per-user difference A - B, its standard
+error and their ratio; several pairs (seeds) pool per user (README.md, docs/results.md).
 """
 
 import os
