@@ -93,11 +93,13 @@ def parse_groups(text):
     return bounds
 
 
-def evaluate_variants(model_file, variants, split="test", length_groups=None):
-    """``[(variant text, seconds, metrics, rows by length or None)]``, one per variant."""
-    parsed = [(text, parse_variant(text)) for text in variants]  # fail before loading
+def evaluate_variants(loaded, variants, split="test", length_groups=None):
+    """``[(variant text, seconds, metrics, rows by length or None)]``, one per variant, of a
+    checkpoint ``loaded`` by :func:`load`."""
+    parsed = [(text, parse_variant(text)) for text in variants]
     bounds = parse_groups(length_groups) if length_groups else None
-    config, model, data = load_checkpoint(model_file, split)
+    config, model, _, valid, test = loaded
+    data = valid if split == "valid" else test
     saved = {key: getattr(model, key) for key in INFERENCE_KEYS if hasattr(model, key)}
     saved["exclude_seen"] = read_exclude_seen(config)  # every model's, in its config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -127,18 +129,26 @@ def markdown(rows):
     return "\n\n".join(tables)
 
 
-def code_rank_table(model_file, split="test"):
-    """Markdown: per group of targets by their count in training (five of about equal users),
-    the share whose code at each level ranks first given the target's own prefix, and the
-    median rank (:func:`~recbole_semprune.analysis.code_ranks`)."""
+def load(model_file, sid_model=False):
+    """``(config, model in eval mode, dataset, valid loader, test loader)`` of a checkpoint;
+    with ``sid_model``, a checkpoint of another model is refused before its data is built."""
     from recbole_semprune.quick_start import load_data_and_model
     from recbole_semprune.utils import get_model, is_sid_model
 
     name = torch.load(model_file, map_location="cpu", weights_only=False)["config"]["model"]
-    if not is_sid_model(get_model(name)):  # before the dataset is built
+    if sid_model and not is_sid_model(get_model(name)):
         raise VariantError(f"--code_ranks needs a SID model; {model_file} holds a {name}")
-    _, model, dataset, _, valid, test = load_data_and_model(model_file)
-    ranks, targets = code_ranks(model.eval(), valid if split == "valid" else test)
+    config, model, dataset, _, valid, test = load_data_and_model(model_file)
+    return config, model.eval(), dataset, valid, test
+
+
+def code_rank_table(loaded, split="test"):
+    """Markdown: per group of targets by their count in training (five of about equal users),
+    the share whose code at each level ranks first given the target's own prefix, and the
+    median rank (:func:`~recbole_semprune.analysis.code_ranks`), of a SID checkpoint
+    ``loaded`` by :func:`load`."""
+    _, model, dataset, valid, test = loaded
+    ranks, targets = code_ranks(model, valid if split == "valid" else test)
     counts = training_counts(dataset, valid, test)[targets]
     group, names = groups_of(counts, equal_groups(counts), lowest=0)
     rows = [(name, ranks[group == number]) for number, name in enumerate(names)
@@ -210,8 +220,9 @@ def main(argv=None):
                 parse_variant(text)
             if args.length_groups:
                 parse_groups(args.length_groups)
-            ranks = code_rank_table(files[0], args.split) if args.code_ranks else None
-            rows = evaluate_variants(files[0], args.variants.split(";"), args.split,
+            loaded = load(files[0], sid_model=args.code_ranks)  # one load serves both
+            ranks = code_rank_table(loaded, args.split) if args.code_ranks else None
+            rows = evaluate_variants(loaded, args.variants.split(";"), args.split,
                                      args.length_groups)
         else:
             pairs = list(zip(files[::2], files[1::2]))
