@@ -132,12 +132,14 @@ def markdown(rows):
 def load(model_file, sid_model=False):
     """``(config, model in eval mode, dataset, valid loader, test loader)`` of a checkpoint;
     with ``sid_model``, a checkpoint of another model is refused before its data is built."""
+    from recbole_semprune.compat import load_checkpoint as read_checkpoint
     from recbole_semprune.quick_start import load_data_and_model
     from recbole_semprune.utils import get_model, is_sid_model
 
-    name = torch.load(model_file, map_location="cpu", weights_only=False)["config"]["model"]
-    if sid_model and not is_sid_model(get_model(name)):
-        raise VariantError(f"--code_ranks needs a SID model; {model_file} holds a {name}")
+    if sid_model:  # the model's name, read before the dataset is built
+        name = read_checkpoint(model_file, map_location="cpu", mmap=True)["config"]["model"]
+        if not is_sid_model(get_model(name)):
+            raise VariantError(f"--code_ranks needs a SID model; {model_file} holds a {name}")
     config, model, dataset, _, valid, test = load_data_and_model(model_file)
     return config, model.eval(), dataset, valid, test
 
