@@ -95,13 +95,22 @@ def test_summarise_takes_the_last_best_epoch_as_recbole_and_the_cost_up_to_it():
     # (value >= best) and saves that epoch's checkpoint, the one tested
     assert figures["best_epoch"] == 3
     assert figures["seconds_to_best"] == 10 + 20 + 30 + 40 and figures["epochs"] == 4
+    assert figures["cpu_seconds_to_best"] == 5 + 6 + 7 + 8
     assert figures["seconds_per_epoch"] == 25 and figures["cpu_seconds_per_epoch"] == 6.5
     assert figures["peak_memory_mb"] == 300
     assert figures["recall@10_mask_off"] == pytest.approx(1 / 3)
     assert figures["ndcg@10_mask_on"] == pytest.approx((1 + 1 / math.log2(5)) / 3)
     # a run whose epochs lack CPU seconds (older result files) shows none rather than a part
     del epochs[0]["cpu_seconds"]
-    assert math.isnan(results.summarise(result, positions)["cpu_seconds_per_epoch"])
+    figures = results.summarise(result, positions)
+    assert math.isnan(figures["cpu_seconds_per_epoch"]) and math.isnan(figures["cpu_seconds_to_best"])
+    # the best epoch earlier: the cost counts the epochs up to it only
+    valids[-1]["result"]["ndcg@10"] = 0.1
+    valids[1]["result"]["ndcg@10"] = 0.1
+    epochs[0]["cpu_seconds"] = 5.0
+    figures = results.summarise(result, positions)
+    assert figures["best_epoch"] == 1 and figures["cpu_seconds_to_best"] == 5 + 6
+    assert figures["seconds_to_best"] == 10 + 20
 
 
 def test_seeds_with_other_settings_are_flagged():

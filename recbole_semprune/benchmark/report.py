@@ -67,6 +67,9 @@ COLUMNS = {
     "state_kind": Column("latency", "text", "what the state is"),
     "best_epoch": Column("results", "1f", "the best validation epoch", head="best epoch"),
     "seconds_to_best": Column("results", "0f", "training seconds to it", head="s to best"),
+    "cpu_seconds_to_best": Column("results", "0f", "training CPU seconds to it (all the run's "
+                                  "threads; not inflated by other processes)",
+                                  head="CPU s to best"),
     "seconds_per_epoch": Column("results", "0f", "training seconds per epoch", head="s/epoch"),
     "cpu_seconds_per_epoch": Column("results", "0f", "training CPU seconds per epoch (all the "
                                     "run's threads; not inflated by other processes)",
