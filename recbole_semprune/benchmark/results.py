@@ -158,10 +158,10 @@ def summarise(result, positions):
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
     cpu = [e.get("cpu_seconds", math.nan) for e in epochs]  # NaN: a file from before they were
-    to_best = [e for e in epochs if best_epoch is not None and e["epoch"] <= best_epoch]
+    to_best = [i for i, e in enumerate(epochs) if best_epoch is not None and e["epoch"] <= best_epoch]
     figures.update(epochs=len(epochs), best_epoch=best_epoch,
-                   seconds_to_best=sum(e["seconds"] for e in to_best),
-                   cpu_seconds_to_best=sum(e.get("cpu_seconds", math.nan) for e in to_best),
+                   seconds_to_best=sum(seconds[i] for i in to_best),
+                   cpu_seconds_to_best=sum(cpu[i] for i in to_best),
                    seconds_per_epoch=sum(seconds) / len(seconds) if seconds else math.nan,
                    cpu_seconds_per_epoch=sum(cpu) / len(cpu) if cpu else math.nan,
                    peak_memory_mb=max((e["peak_memory_mb"] for e in epochs), default=math.nan))
