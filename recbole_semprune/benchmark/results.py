@@ -158,7 +158,8 @@ def summarise(result, positions):
     best_epoch = None if best is None else best["epoch"]
     seconds = [e["seconds"] for e in epochs]
     cpu = [e.get("cpu_seconds", math.nan) for e in epochs]  # NaN: a file from before they were
-    to_best = [i for i, e in enumerate(epochs) if best_epoch is not None and e["epoch"] <= best_epoch]
+    to_best = [i for i, e in enumerate(epochs)
+               if best_epoch is not None and e["epoch"] <= best_epoch]
     figures.update(epochs=len(epochs), best_epoch=best_epoch,
                    seconds_to_best=sum(seconds[i] for i in to_best),
                    cpu_seconds_to_best=sum(cpu[i] for i in to_best),
