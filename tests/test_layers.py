@@ -11,6 +11,7 @@ from recbole_semprune.model.layers import (
     TransformerStack,
     build_attention_mask,
     cache_length,
+    fused_attention,
     init_weights,
     reorder_beams,
     reorder_cache,
@@ -50,6 +51,26 @@ def test_fused_equals_explicit_and_probs_are_masked(causal):
     assert torch.all(probs[~allowed] == 0)  # exactly zero on padding / future keys
     assert torch.all(probs[allowed] > 0)
     torch.testing.assert_close(probs.sum(-1), torch.ones(3, 3, 6), atol=ATOL, rtol=0)
+
+
+def test_fused_attention_runs_half_precision_inputs_in_float32_on_cpu():
+    """bf16 inputs on CPU: attended in float32, output cast back; the same figures as float32
+    attention of the same (rounded) inputs, gradients flowing back in bf16."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = _padding([5, 3], 5)[:, None, None, :]
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(fused_attention(q, k, v, mask, 0.0, False), plain)  # float32: untouched
+    half = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out = fused_attention(*half, mask, 0.0, False)
+    assert out.dtype == torch.bfloat16
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        *(t.detach().float() for t in half), attn_mask=mask)
+    assert torch.equal(out, reference.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_attention(*half, mask, 0.0, True)
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in half)
 
 
 def test_cross_attention_and_general_mask():

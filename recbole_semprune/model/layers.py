@@ -235,6 +235,20 @@ def dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tens
     return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))  # a float mask: the fastest product on CPU
 
 
+def fused_attention(q, k, v, mask, dropout_p, is_causal):
+    """torch's fused attention. On CPU, half-precision inputs (bf16 / fp16 autocast) are
+    attended in float32 and the output cast back: torch's CPU flash-attention backward is about
+    ten times slower in bf16 than in float32, enough to make a TIGER training step under
+    ``enable_amp`` twice as slow as in float32 (docs/benchmarks.md, mixed precision)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                 dropout_p=dropout_p, is_causal=is_causal)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=is_causal)
+
+
 def masked_probs(scores, mask, row_ok, dtype):
     """Attention probabilities of ``scores`` under a mask from :func:`open_empty_rows`, rows that
     may attend to nothing all 0."""
@@ -375,9 +389,7 @@ class MultiHeadAttention(nn.Module):
             out = torch.matmul(dropped, v)
             probs = (dropped if weights_after_dropout else probs) if need_weights else None
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=fast_causal
-            )
+            out = fused_attention(q, k, v, mask, dropout_p, fast_causal)
             if row_ok is not None:
                 out = out * row_ok
         if group > 1:
