@@ -237,9 +237,9 @@ def dropout(x: torch.Tensor, p: float, training: bool, fast: bool) -> torch.Tens
 
 def fused_attention(q, k, v, mask, dropout_p, is_causal):
     """torch's fused attention. On CPU, half-precision inputs (bf16 / fp16 autocast) are
-    attended in float32 and the output cast back: torch's CPU flash-attention backward is about
-    ten times slower in bf16 than in float32, enough to make a TIGER training step under
-    ``enable_amp`` twice as slow as in float32 (docs/benchmarks.md, mixed precision)."""
+    attended in float32 and the output cast back: torch's CPU flash-attention backward is so
+    slow in bf16 that it made a TIGER training step under ``enable_amp`` slower than in float32
+    (docs/benchmarks.md, mixed precision)."""
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,

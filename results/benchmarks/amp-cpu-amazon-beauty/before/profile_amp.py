@@ -1,9 +1,11 @@
+"""TIGER (CPU preset, no dropout) steps in float32 against bf16 autocast, then a profile of the
+autocast steps; run from the project root on the code before fused_attention (commit 20e047c).
+Output: profile_amp.out. The sid_cache_dir is any folder (the codes are rebuilt if absent)."""
 import sys, time, torch
 sys.argv = sys.argv[:1]
 from recbole_semprune.config import Config
 from recbole_semprune.quick_start import _build
 torch.set_num_threads(1)
-drop = float(sys.argv.pop()) if len(sys.argv) > 1 else 0.0
 cfg = Config(model="TIGER", dataset="amazon-beauty", config_dict=dict(
     data_path="../shared/datasets", size_preset="cpu", sid_collaborative_weight=0.0,
     hidden_dropout_prob=0.0, attn_dropout_prob=0.0,
