@@ -19,7 +19,7 @@ from recbole_semprune.sid.__main__ import main as sid_main
 from recbole_semprune.sid.__main__ import parse_args
 from recbole_semprune.sid.embeddings import randomized_svd, read_embedding_file
 from recbole_semprune.sid.features import item_texts
-from recbole_semprune.sid.quantizers import balanced_assign
+from recbole_semprune.sid.quantizers import balanced_assign, squared_distances
 from recbole_semprune.utils import create_dataset
 
 SHARED_DATASETS = Path(__file__).parents[1].parent / "shared" / "datasets"
@@ -207,6 +207,20 @@ def test_residual_kmeans_error_decreases_level_by_level(ml100k_sids):
     errors = [meta["input_error"]] + meta["reconstruction_error"]
     assert len(errors) == 4
     assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+
+
+def test_squared_distances_equal_the_doubled_input_form_bit_for_bit():
+    """The distances double the products after the matmul (no copy of x per call); doubling is
+    exact in floating point, so every code built before the change stays the same."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(700, 96, generator=generator) * torch.rand(700, 1, generator=generator) * 50
+    centroids = torch.randn(37, 96, generator=generator)
+    before = ((x * x).sum(1, keepdim=True) - (2.0 * x) @ centroids.T
+              + (centroids * centroids).sum(1)).clamp_min(0.0)
+    assert torch.equal(squared_distances(x, centroids), before)
+    assert torch.equal(squared_distances(x, centroids, (x * x).sum(1, keepdim=True)), before)
+    # a point's distance to itself is 0, not a negative rounding residue
+    assert float(squared_distances(x[:3], x[:3]).diagonal().min()) == 0.0
 
 
 def test_balanced_kmeans_respects_capacity(ml100k):
