@@ -27,7 +27,7 @@ from recbole_semprune.sid.embeddings import (
     resolve_sentence_model,
     sentence_model_fingerprint,
 )
-from recbole_semprune.sid.features import TrainingInteractions
+from recbole_semprune.sid.features import TrainingInteractions, prefix_rows
 from recbole_semprune.sid.settings import result_settings
 
 CLUSTERS, PER_CLUSTER, LENGTH = 4, 10, 8
@@ -88,6 +88,34 @@ def cluster_split(root, change=None, **settings):
     values = {"sid_levels": 2, "sid_codebook_size": 8, "sid_dedup_size": 10,
               "sid_collaborative_weight": 0.0, **settings}
     return synthetic_split(root, name, **values)
+
+
+def test_prefix_rows_are_recboles_rows_of_each_sequence():
+    targets, histories = prefix_rows(np.array([1, 2, 3, 4, 5, 6]), np.array([4, 2]), 2)
+    assert targets.tolist() == [2, 3, 4, 6]
+    assert histories.tolist() == [[1, 0], [1, 2], [2, 3], [5, 0]]
+
+
+def test_one_row_per_user_gives_the_codes_of_the_prefix_rows(tmp_path):
+    """train_rows: user keeps one row per user, but the item codes are read from the training
+    sequences: the same co-occurrence, fingerprint (so cache) and codes as RecBole's rows.
+    Histories of 3 items, shorter than a user's training sequence, so the user's row alone
+    would not hold every pair."""
+    write_clusters(tmp_path, "clusters")
+    built = {}
+    for rows in ("prefix", "user"):
+        config, _, train = synthetic_split(
+            tmp_path, "clusters", model="DecoderOnlySID", dense_loss=True, train_rows=rows,
+            MAX_ITEM_LIST_LENGTH=3, sid_levels=2, sid_codebook_size=8, sid_dedup_size=10)
+        interactions = TrainingInteractions(train)
+        built[rows] = (len(train), interactions, build_semantic_ids(config, train).codes)
+    (prefix_count, prefix, prefix_codes), (user_count, user, user_codes) = built.values()
+    assert (prefix_count, user_count) == (38 * (LENGTH - 3), 38)  # rows differ
+    assert np.array_equal(user.targets, prefix.targets)
+    assert np.array_equal(user.histories, prefix.histories)
+    assert user.fingerprint() == prefix.fingerprint()
+    assert (user.cooccurrence() != prefix.cooccurrence()).nnz == 0
+    assert torch.equal(user_codes, prefix_codes)
 
 
 def item_ids(train, tokens):

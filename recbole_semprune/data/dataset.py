@@ -25,7 +25,10 @@ It also chooses the **training rows** (``train_rows``, see :func:`train_rows_mod
   the prefix rows would repeat a long history hundreds of times. Only models whose class
   method ``dense_stream_loss(config)`` is true may use it. The validation and test rows are
   RecBole's, unchanged; the kept row is the user's latest *training* row, so it holds no
-  validation or test item.
+  validation or test item. The split keeps every user's whole training sequence beside its
+  rows (``train_sequences``: the items in time order, and each user's count), so what is read
+  from the training data, such as the co-occurrence behind the item codes, is the same
+  whichever rows a model trains on.
 """
 
 import numpy as np
@@ -147,6 +150,13 @@ class SIDSequentialDataset(SequentialDataset):
         # the user's latest training item as target and all earlier ones (truncated) as history.
         _, last_from_end = np.unique(users[::-1], return_index=True)
         keep = np.sort(len(users) - 1 - last_from_end)
+        # each user's training sequence: the first row's one history item, then every target
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        first_items = feat[getattr(self, f"{self.iid_field}_list_field")][:, 0].numpy()[starts]
+        datasets[0].train_sequences = (
+            np.insert(feat[self.iid_field].numpy().astype(np.int64), starts, first_items),
+            np.diff(np.r_[starts, len(users)]) + 1,
+        )
         datasets[0].inter_feat = feat[torch.from_numpy(keep)]
         self.logger.info(
             set_color("training rows", "blue")

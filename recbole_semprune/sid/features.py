@@ -124,11 +124,25 @@ def hash_texts(texts):
     return digest.hexdigest()
 
 
+def prefix_rows(items, lengths, width):
+    """RecBole's training rows of sequences (``items`` of each user in time order, ``lengths``
+    items per user): one row per item after a user's first, its target and its history (the
+    ``width`` items before it at most, left-aligned, 0-padded), in the order of ``items``."""
+    position = np.arange(len(items)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = np.flatnonzero(position >= 1)
+    count = np.minimum(position[rows], width)[:, None]
+    offsets = np.arange(width)[None, :]
+    index = np.where(offsets < count, rows[:, None] - count + offsets, -1)
+    return items[rows], np.where(index >= 0, items[index], 0)
+
+
 class TrainingInteractions:
     """The item ids of the training interactions, in one of two shapes.
 
     * sequential (a built ``SequentialDataset`` split): ``targets`` [n] and ``histories`` [n, L]
-      (0-padded), one row per training example;
+      (0-padded), one row per training example: RecBole's prefix rows, rebuilt from the
+      split's ``train_sequences`` where it trains on one row per user (``train_rows: user``),
+      so a model's rows never change the item codes;
     * general (any other built split): ``users`` [n] and ``items`` [n].
     """
 
@@ -147,7 +161,11 @@ class TrainingInteractions:
         suffix = dataset.config["LIST_SUFFIX"] or "_list"
         list_field = iid + suffix
         self.item_num = dataset.item_num
-        if list_field in inter.columns:
+        sequences = getattr(dataset, "train_sequences", None)
+        if list_field in inter.columns and sequences is not None:
+            self.kind = "sequential"
+            self.targets, self.histories = prefix_rows(*sequences, inter[list_field].shape[1])
+        elif list_field in inter.columns:
             self.kind = "sequential"
             self.targets = inter[iid].numpy().astype(np.int64)
             self.histories = inter[list_field].numpy().astype(np.int64)
