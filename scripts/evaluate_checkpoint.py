@@ -33,7 +33,8 @@ from recbole_semprune.trainer import exclude_seen as read_exclude_seen  # noqa: 
 from recbole_semprune.utils import get_trainer  # noqa: E402
 
 # key -> type; every one is read at decoding time only
-INFERENCE_KEYS = {"exclude_seen": bool, "beam_size": int, "memory_mode": str}
+INFERENCE_KEYS = {"exclude_seen": bool, "beam_size": int, "memory_mode": str,
+                  "retrieval_beam_weight": float}
 
 
 class VariantError(ValueError):
@@ -56,6 +57,8 @@ def parse_variant(text):
             raise VariantError(f"{key!r} is not an inference-only key; use one of "
                                f"{', '.join(sorted(INFERENCE_KEYS))}")
         value = yaml.safe_load(raw)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if kind is int and isinstance(value, bool) or not isinstance(value, kind):
             raise VariantError(f"{key} must be a {kind.__name__}, got {raw!r}")
         settings[key] = value
@@ -72,6 +75,8 @@ def apply_variant(model, config, settings):
             raise VariantError(f"{type(model).__name__} has no {key!r}")
     if settings.get("memory_mode", MEMORY_MODES[0]) not in MEMORY_MODES:
         raise VariantError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}")
+    if settings.get("retrieval_beam_weight", 0.0) < 0:
+        raise VariantError("retrieval_beam_weight must be >= 0")
     if settings.get("beam_size", max(topk_list(config))) < max(topk_list(config)):
         raise VariantError(f"beam_size must be >= the largest topk ({max(topk_list(config))})")
     for key, value in settings.items():

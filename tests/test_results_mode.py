@@ -120,10 +120,13 @@ def test_seeds_with_other_settings_are_flagged():
     runs = {"TIGER": {2020: run(2020, sid_collaborative_weight=0.0),
                       2021: run(2021, sid_collaborative_weight=0.5),
                       2022: run(2022, sid_collaborative_weight=0.0)},
-            "RASTP": {2020: run(2020), 2021: run(2021)},
+            # a key added after seed 2020 ran, at the value of the earlier behaviour: the same
+            "RASTP": {2020: run(2020), 2021: run(2021, retrieval_weight=0.0)},
+            "STAMPSID": {2020: run(2020), 2021: run(2021, retrieval_weight=1.0)},
             "SASRec": {2020: ({"spec": {"seed": 2020}}, None, None), 2021: run(2021)}}
     assert results.mixed_settings(runs) == [
-        ("TIGER", "sid_collaborative_weight", {"0.0": [2020, 2022], "0.5": [2021]})]
+        ("TIGER", "sid_collaborative_weight", {"0.0": [2020, 2022], "0.5": [2021]}),
+        ("STAMPSID", "retrieval_weight", {"0.0": [2020], "1.0": [2021]})]
 
 
 def test_results_mode_rejects_bad_arguments(tmp_path):

@@ -123,14 +123,24 @@ def run_settings(config):
 
 def mixed_settings(runs):
     """``[(label, key, {value: [seeds]})]``: the settings in which runs of one label differ
-    (runs whose result.json records no settings, written before they were, are left out)."""
+    (runs whose result.json records no settings, written before they were, are left out; a
+    key added to the library after a run counts at the value that keeps the earlier
+    behaviour, ``checkpoint.earlier_behaviour``)."""
+    from recbole_semprune.checkpoint import earlier_behaviour
+    from recbole_semprune.config import plugin_default_files, read_config_file
+
     mixed = []
     for label, seeds in runs.items():
         recorded = {seed: run[0]["settings"] for seed, run in seeds.items() if "settings" in run[0]}
+        model = next(iter(seeds.values()))[0]["spec"].get("model_class", label) if seeds else label
+        defaults = {key: value for file in plugin_default_files(model)
+                    for key, value in read_config_file(file).items()}
         for key in sorted({key for settings in recorded.values() for key in settings}):
             values = {}
             for seed, settings in sorted(recorded.items()):
-                values.setdefault(json.dumps(settings.get(key)), []).append(seed)
+                value = settings[key] if key in settings else earlier_behaviour(
+                    key, defaults.get(key))
+                values.setdefault(json.dumps(value), []).append(seed)
             if len(values) > 1:
                 mixed.append((label, key, values))
     return mixed

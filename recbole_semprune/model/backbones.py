@@ -72,8 +72,11 @@ class EncoderDecoder(nn.Module):
         ).hidden
 
     def loss(self, model, interaction):
-        """Mean negative log-likelihood of the target's codes."""
-        return -model.target_log_probs(interaction, interaction[model.POS_ITEM_ID]).mean()
+        """The model's loss of the target rows (:meth:`SIDRecommender.target_loss`)."""
+        items = interaction[model.POS_ITEM_ID]
+        target_tokens = model.item_tokens(items)
+        hidden = self.target_hidden(model, *model.history(interaction), target_tokens)
+        return model.target_loss(hidden, target_tokens, items)
 
     def generation_state(self, model, item_seq, item_seq_len):
         memory, memory_mask = self.encode(model, item_seq, item_seq_len)
@@ -183,14 +186,18 @@ class DecoderOnly(nn.Module):
     def stream_loss(self, model, interaction):
         """``(loss, stream)``: the training loss (target codes, or every next token with
         ``dense_loss``) and the :class:`Stream` it came from."""
-        target_tokens = model.item_tokens(interaction[model.POS_ITEM_ID])
+        items = interaction[model.POS_ITEM_ID]
+        target_tokens = model.item_tokens(items)
         stream = self.stream_hidden(model, *model.history(interaction), target_tokens)
+        target_rows = stream.hidden[:, -model.n_levels :]
         if not self.dense_loss:
-            hidden = stream.hidden[:, -model.n_levels :]
-            return -model.output.token_log_probs(hidden, target_tokens).mean(), stream
+            return model.target_loss(target_rows, target_tokens, items), stream
         next_tokens, valid = stream.tokens_ahead(1)
         log_probs = model.output.token_log_probs(stream.hidden, next_tokens)
-        return -(log_probs * valid).sum() / valid.sum(), stream
+        loss = -(log_probs * valid).sum() / valid.sum()
+        if model.retrieval is not None:  # the target row's dense loss (not every item's)
+            loss = loss + model.retrieval.loss(model, target_rows[:, 0], items)
+        return loss, stream
 
     def loss(self, model, interaction):
         return self.stream_loss(model, interaction)[0]

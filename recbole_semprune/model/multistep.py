@@ -127,7 +127,8 @@ class MultiStep(nn.Module):
         backbone = model.backbone
         if self.future_field not in interaction:  # not a training batch: the ordinary loss only
             return backbone.loss(model, interaction), None
-        target_tokens = model.item_tokens(interaction[model.POS_ITEM_ID])  # [B, L]
+        items = interaction[model.POS_ITEM_ID]
+        target_tokens = model.item_tokens(items)  # [B, L]
         future = interaction[self.future_field]  # [B, D], 0 = no such training item
         future_tokens = model.item_tokens(future)  # [B, D, L]
         memory, memory_mask = backbone.encode(model, *model.history(interaction))
@@ -142,7 +143,7 @@ class MultiStep(nn.Module):
         hidden = backbone.decoder(
             x.flatten(0, 1), causal=True, memory=memory, memory_padding_mask=memory_mask
         ).hidden.view(batch, rows, model.n_levels, -1)
-        main = -model.output.token_log_probs(hidden[:, 0], target_tokens).mean()
+        main = model.target_loss(hidden[:, 0], target_tokens, items)
         log_probs = torch.stack([
             self.step_log_probs(model, hidden[:, 1 + step], future_tokens[:, step], step)
             for step in range(self.steps)

@@ -31,6 +31,7 @@ from recbole_semprune.model.memory import (  # noqa: F401 (Rec2PMState, the mask
     MEMORY_MODES, MemorySpread, Rec2PMState, RecurrentMemory, global_attention_mask,
     memory_settings,
 )
+from recbole_semprune.model.retrieval import RetrievalSettings
 from recbole_semprune.model.sid_recommender import SIDRecommender
 
 
@@ -104,6 +105,9 @@ class Rec2PM(SIDRecommender):
     def check_config(cls, config):
         warnings = super().check_config(config)
         memory_settings(config)
+        if RetrievalSettings.from_config(config).active:
+            raise ValueError("retrieval_weight must be 0 for Rec2PM: its recommendations come "
+                             "from the memory state, which has no dense retrieval path")
         return warnings
 
     def calculate_loss(self, interaction):
