@@ -65,13 +65,21 @@ def parse_variant(text):
     return settings
 
 
+def holder(model, key):
+    """``(object, attribute)`` holding the inference key ``key``: the model, or a component
+    (``retrieval_beam_weight``: the dense retrieval's ``beam_weight``; None without one)."""
+    if key == "retrieval_beam_weight":
+        return getattr(model, "retrieval", None), "beam_weight"
+    return model, key
+
+
 def apply_variant(model, config, settings):
     """Sets each key on the model (and the config the evaluator reads), checking its value;
     ``exclude_seen`` is every model's (the trainer's history mask)."""
     from recbole_semprune.model.rec2pm import MEMORY_MODES
 
     for key in settings:
-        if key != "exclude_seen" and not hasattr(model, key):
+        if key != "exclude_seen" and not hasattr(*holder(model, key)):
             raise VariantError(f"{type(model).__name__} has no {key!r}")
     if settings.get("memory_mode", MEMORY_MODES[0]) not in MEMORY_MODES:
         raise VariantError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}")
@@ -83,7 +91,7 @@ def apply_variant(model, config, settings):
         if key == "exclude_seen":
             set_exclude_seen(model, config, value)
         else:
-            setattr(model, key, value)
+            setattr(*holder(model, key), value)
             config[key] = value
 
 
@@ -105,7 +113,8 @@ def evaluate_variants(loaded, variants, split="test", length_groups=None):
     bounds = parse_groups(length_groups) if length_groups else None
     config, model, _, valid, test = loaded
     data = valid if split == "valid" else test
-    saved = {key: getattr(model, key) for key in INFERENCE_KEYS if hasattr(model, key)}
+    saved = {key: getattr(*holder(model, key)) for key in INFERENCE_KEYS
+             if hasattr(*holder(model, key))}
     saved["exclude_seen"] = read_exclude_seen(config)  # every model's, in its config
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     rows = []

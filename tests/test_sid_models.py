@@ -69,7 +69,7 @@ def test_beam_search_equals_brute_force(model, tiny_data):
                 {net.ITEM_SEQ: seq[u : u + 1].expand(n_real, -1),
                  net.ITEM_SEQ_LEN: seq_len[u : u + 1].expand(n_real)},
                 torch.arange(1, net.n_items),
-            ).sum(-1)
+            )[0].sum(-1)
             for u in range(len(seq))
         ])
     assert full.shape == (len(seq), net.n_items)

@@ -196,7 +196,7 @@ class DecoderOnly(nn.Module):
         log_probs = model.output.token_log_probs(stream.hidden, next_tokens)
         loss = -(log_probs * valid).sum() / valid.sum()
         if model.retrieval is not None:  # the target row's dense loss (not every item's)
-            loss = loss + model.retrieval.loss(model, target_rows[:, 0], items)
+            loss = loss + model.retrieval.loss(model, target_rows, items)
         return loss, stream
 
     def loss(self, model, interaction):

@@ -62,7 +62,7 @@ class DenseRetrieval(nn.Module):
 
     def __init__(self, model, settings):
         super().__init__()
-        self.weight = settings.weight
+        self.weight, self.beam_weight = settings.weight, settings.beam_weight
         self.query = nn.Linear(model.hidden_size, model.hidden_size)
         self.item_embedding = (nn.Embedding(model.n_items, model.hidden_size, padding_idx=0)
                                if settings.items != "codes" else None)
@@ -92,9 +92,25 @@ class DenseRetrieval(nn.Module):
         logits[:, 0] = float("-inf")
         return logits.float().log_softmax(-1)
 
-    def loss(self, model, hidden, items):
-        """``retrieval_weight`` x the mean cross-entropy of ``items`` ``[B]``."""
-        return self.weight * F.nll_loss(self.log_probs(model, hidden), items)
+    def loss(self, model, target_rows, items):
+        """``retrieval_weight`` x the mean cross-entropy of ``items`` ``[B]``, from the target
+        rows ``[B, L, d]`` (row 0 predicts the first code: the query)."""
+        return self.weight * F.nll_loss(self.log_probs(model, target_rows[:, 0]), items)
+
+    def score(self, model, target_rows, items, sid_log_likelihood):
+        """``predict``: each item's dense log-probability + ``beam_weight`` (the key
+        ``retrieval_beam_weight``) x its exact SID log-likelihood ``[B]``."""
+        dense = self.log_probs(model, target_rows[:, 0]).gather(1, items.unsqueeze(1)).squeeze(1)
+        return dense + self.beam_weight * sid_log_likelihood
+
+    @torch.no_grad()
+    def rank_all(self, model, item_seq, item_seq_len, beam_items, beam_scores):
+        """``full_sort_predict``: :meth:`rank` of every item, the query from one more pass of
+        the history (the query row reads only BOS and the history: no target is needed)."""
+        no_target = item_seq.new_zeros(len(item_seq), model.n_levels)
+        query = model.target_hidden(item_seq, item_seq_len, no_target)[:, 0]
+        return self.rank(self.log_probs(model, query), beam_items, beam_scores,
+                         self.beam_weight, item_seq if model.exclude_seen else None)
 
     @staticmethod
     def rank(log_probs, beam_items, beam_scores, beam_weight, exclude=None):

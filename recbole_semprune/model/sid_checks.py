@@ -7,6 +7,7 @@ methods ``check_config`` (before any data is loaded, ``quick_start.check_run``) 
 
 from recbole_semprune import validate
 from recbole_semprune.data.protocol import item_text_fields
+from recbole_semprune.model.retrieval import RetrievalSettings
 from recbole_semprune.sid.settings import read_settings
 from recbole_semprune.sid.tokenizer import check_sizes, fitted_codebook_size
 
@@ -34,11 +35,12 @@ def check_item_count(semantic_ids, n_items):
 
 
 def check_sid_settings(config):
-    """The ``sid_*`` keys, ``beam_size`` against ``topk`` and, for a text backend, that the
-    ``sid_text_fields`` are loaded. Raises ValueError; returns warnings (item text in the
-    ``.item`` file that ``load_col`` leaves out)."""
+    """The ``sid_*`` and ``retrieval_*`` keys, ``beam_size`` against ``topk`` and, for a text
+    backend, that the ``sid_text_fields`` are loaded. Raises ValueError; returns warnings (item
+    text in the ``.item`` file that ``load_col`` leaves out)."""
     settings = read_settings(config)
     check_beam_size(config)
+    RetrievalSettings.from_config(config)
     if settings["sid_embedding"] not in ("tfidf", "sentence"):
         return []
     loaded, left_out = item_text_fields(config)

@@ -17,7 +17,7 @@ from recbole_semprune.checkpoint import rename_legacy_keys
 from recbole_semprune.model.code_head import CodeHead
 from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
 from recbole_semprune.model.layers import Dropout, init_weights
-from recbole_semprune.model.retrieval import DenseRetrieval, RetrievalSettings
+from recbole_semprune.model.retrieval import DenseRetrieval
 from recbole_semprune.model.sid_checks import (
     check_beam_size, check_item_count, check_sid_settings, fit_codebook,
 )
@@ -69,11 +69,8 @@ class SIDRecommender(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
         self.embedding_dropout = Dropout(self.hidden_dropout_prob, self.fast_dropout)
         self.output = CodeHead(self.hidden_size, level_sizes)
-        # dense scores of every item beside generation (off, and absent, by default)
-        retrieval = RetrievalSettings.from_config(config)
-        self.retrieval = DenseRetrieval(self, retrieval) if retrieval.active else None
-        if retrieval.active:  # a decoding-only setting (scripts/evaluate_checkpoint.py varies it)
-            self.retrieval_beam_weight = retrieval.beam_weight
+        # dense scores of every item beside generation: None unless retrieval_weight > 0
+        self.retrieval = DenseRetrieval.from_config(self, config)
         self._register_load_state_dict_pre_hook(rename_legacy_keys)
 
     # ---- what the model needs from its data and settings (class level) ----------------
@@ -98,7 +95,6 @@ class SIDRecommender(SequentialRecommender):
     def check_config(cls, config):
         """This model's settings, checked before any data is loaded; returns warnings."""
         cls.read_backbone(config)
-        RetrievalSettings.from_config(config)
         return check_sid_settings(config)
 
     @classmethod
@@ -159,31 +155,25 @@ class SIDRecommender(SequentialRecommender):
         return self.backbone.target_hidden(self, item_seq, item_seq_len, target_tokens)
 
     def target_log_probs(self, interaction, items):
-        """Per-level log-probabilities ``[B, L]`` of ``items`` ``[B]`` given each history."""
+        """``(per-level log-probabilities [B, L] of items [B] given each history, the target
+        rows [B, L, d] they come from)``."""
         target_tokens = self.item_tokens(items)
         hidden = self.target_hidden(*self.history(interaction), target_tokens)
-        return self.output.token_log_probs(hidden, target_tokens)
+        return self.output.token_log_probs(hidden, target_tokens), hidden
 
     def target_loss(self, hidden, target_tokens, items):
-        """The loss of the target rows ``hidden`` ``[B, L, d]`` (teacher-forced on
-        ``target_tokens``): the mean negative log-likelihood of the codes, plus the dense
-        retrieval loss of ``items`` ``[B]`` where the model has that path."""
+        """The loss of the target rows ``hidden`` ``[B, L, d]``: the codes' mean negative
+        log-likelihood (+ the dense retrieval loss of ``items`` ``[B]``, if any)."""
         loss = -self.output.token_log_probs(hidden, target_tokens).mean()
-        if self.retrieval is None:
-            return loss
-        return loss + self.retrieval.loss(self, hidden[:, 0], items)
+        return loss if self.retrieval is None else loss + self.retrieval.loss(self, hidden, items)
 
     def predict(self, interaction):
-        """Exact log-likelihood of each given item's SID (sum over levels), by teacher forcing;
-        with dense retrieval, the item's dense log-probability + ``retrieval_beam_weight`` x it."""
+        """Exact log-likelihood of each given item's SID (sum over levels), by teacher forcing
+        (with dense retrieval, mixed with the item's dense score: :class:`DenseRetrieval`)."""
         items = interaction[self.ITEM_ID]
-        target_tokens = self.item_tokens(items)
-        hidden = self.target_hidden(*self.history(interaction), target_tokens)
-        sid = self.output.token_log_probs(hidden, target_tokens).sum(-1)
-        if self.retrieval is None:
-            return sid
-        dense = self.retrieval.log_probs(self, hidden[:, 0]).gather(1, items.unsqueeze(1))
-        return dense.squeeze(1) + self.retrieval_beam_weight * sid
+        log_probs, hidden = self.target_log_probs(interaction, items)
+        sid = log_probs.sum(-1)
+        return sid if self.retrieval is None else self.retrieval.score(self, hidden, items, sid)
 
     # ---- generation ---------------------------------------------------------------------
     def generation_state(self, item_seq, item_seq_len):
@@ -201,19 +191,13 @@ class SIDRecommender(SequentialRecommender):
         )
 
     def full_sort_predict(self, interaction):
-        """Scores ``[B, n_items]``: beam items carry their SID log-probability, others -inf;
-        with dense retrieval every item gets :meth:`DenseRetrieval.rank`'s score."""
+        """Scores ``[B, n_items]``: beam items carry their SID log-probability, others -inf
+        (with dense retrieval, every item a mix: :meth:`DenseRetrieval.rank_all`)."""
         item_seq, item_seq_len = self.history(interaction)
         item_ids, scores = self.generate(item_seq, item_seq_len)
-        if self.retrieval is None:
-            return scores_to_full(item_ids, scores, self.n_items)
-        # the query row reads only BOS and the history (causal): any target tokens will do
-        no_target = item_seq.new_zeros(len(item_seq), self.n_levels)
-        with torch.no_grad():
-            query = self.target_hidden(item_seq, item_seq_len, no_target)[:, 0]
-            log_probs = self.retrieval.log_probs(self, query)
-        return self.retrieval.rank(log_probs, item_ids, scores, self.retrieval_beam_weight,
-                                   item_seq if self.exclude_seen else None)
+        if self.retrieval is not None:
+            return self.retrieval.rank_all(self, item_seq, item_seq_len, item_ids, scores)
+        return scores_to_full(item_ids, scores, self.n_items)
 
     # ---- figures of the epoch (read by the plugin's Trainer) ----------------------------
     @property
