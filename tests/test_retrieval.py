@@ -93,7 +93,9 @@ def test_full_sort_predict_gives_beam_items_their_predict_score(model, exclude_s
     batch = next(iter(built.test))[0]
     users = {key: batch[key][:6] for key in (net.ITEM_SEQ, net.ITEM_SEQ_LEN)}
     with torch.no_grad():
-        full = net.full_sort_predict(users)
+        target_hidden, net.backbone.target_hidden = net.backbone.target_hidden, None
+        full = net.full_sort_predict(users)  # the query comes from the beam's first step
+        net.backbone.target_hidden = target_hidden
         items, _ = net.generate(*net.history(users))
         for column in range(items.shape[1]):
             one = dict(users, **{net.ITEM_ID: items[:, column]})

@@ -13,6 +13,10 @@ to every call as ``model``. Each backbone optionally gets a
   on history tokens only, scored by the attention of real *history* queries, so training and
   generation (where no target exists yet) prune the same tokens; generation keeps a KV cache
   whose first ``prune_layer`` layers hold every history token and later layers the kept ones.
+
+A backbone's ``generation_state`` returns ``(init_state, hidden_step, reorder_state)``: its
+steps give hidden states, which the model scores with its output head
+(:func:`~recbole_semprune.model.generation.scoring_steps`).
 """
 
 from typing import NamedTuple
@@ -89,7 +93,7 @@ class EncoderDecoder(nn.Module):
             else:
                 tokens = model.code_tokens(prefixes[:, -1:], level - 1)
             out = self.decoder(model.embed_target(tokens, level), causal=True, cache=state)
-            return model.output.level_log_probs(out.hidden[:, -1], level), out.cache
+            return out.hidden[:, -1], out.cache
 
         return cache, step, reorder_beams
 
@@ -217,8 +221,7 @@ class DecoderOnly(nn.Module):
                     run = self.decoder(history, padding_mask=mask, causal=True, cache=cache)
                 masks = (mask, run.mask) if pruning else (mask, mask)
                 # one copy of the history cache per user, not per beam
-                return model.output.level_log_probs(run.hidden[:, -1], level), {
-                    "cache": share_cache(run.cache), "masks": masks}
+                return run.hidden[:, -1], {"cache": share_cache(run.cache), "masks": masks}
             tokens = model.code_tokens(prefixes[:, -1:], level - 1)
             x = model.embed_target(tokens, level - 1, tokens.new_zeros(len(tokens)))
             new = torch.ones_like(tokens, dtype=torch.bool)
@@ -227,7 +230,6 @@ class DecoderOnly(nn.Module):
                 out = self.pruner.decode_step(self.decoder, x, *masks, cache=state["cache"])
             else:
                 out = self.decoder(x, padding_mask=masks[0], causal=True, cache=state["cache"])
-            return model.output.level_log_probs(out.hidden[:, -1], level), {
-                "cache": out.cache, "masks": masks}
+            return out.hidden[:, -1], {"cache": out.cache, "masks": masks}
 
         return None, step, reorder_beams

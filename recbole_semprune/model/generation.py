@@ -258,6 +258,22 @@ def constrained_beam_search(
     return item_ids, beam_scores
 
 
+def scoring_steps(hidden_step: Callable, head, first: Optional[list] = None) -> Callable:
+    """The ``step_fn`` of :func:`constrained_beam_search` from a backbone's ``hidden_step``
+    (``(state, prefixes, level) -> (hidden [N, d], new_state)``): the hidden states' log-probs
+    over the level's codes by ``head.level_log_probs``. With ``first`` (a list), level 0's
+    hidden states (one row per user) are appended to it: the state that scored the first code,
+    which dense retrieval reads without another pass of the history."""
+
+    def step(state, prefixes, level):
+        hidden, state = hidden_step(state, prefixes, level)
+        if level == 0 and first is not None:
+            first.append(hidden)
+        return head.level_log_probs(hidden, level), state
+
+    return step
+
+
 def scores_to_full(item_ids: torch.Tensor, scores: torch.Tensor, n_items: int) -> torch.Tensor:
     """FloatTensor [B, n_items]: each beam item gets its score, every other item (and 0) -inf."""
     full = torch.full((item_ids.shape[0], n_items), float("-inf"), dtype=torch.float, device=scores.device)

@@ -20,7 +20,7 @@ from recbole.utils import set_color
 from torch import nn
 
 from recbole_semprune import validate
-from recbole_semprune.model.generation import constrained_beam_search
+from recbole_semprune.model.generation import constrained_beam_search, scoring_steps
 from recbole_semprune.model.layers import TransformerStack, reorder_beams, share_cache
 
 MEMORY_MODES = ("overwrite", "append")
@@ -314,7 +314,8 @@ class RecurrentMemory(nn.Module):
 
     def recommend(self, model, state, k, exclude=None):
         """``Rec2PM.recommend``: the top ``k`` items of each state."""
-        init, step, reorder = self.generation_from_state(model, state)
+        init, hidden_step, reorder = self.generation_from_state(model, state)
+        step = scoring_steps(hidden_step, model.output)
         if exclude is not None:
             exclude = as_items(exclude, model.n_items, model.codes.device)
         items, scores = constrained_beam_search(
@@ -324,7 +325,8 @@ class RecurrentMemory(nn.Module):
         return items[:, :k], scores[:, :k]
 
     def generation_from_state(self, model, state):
-        """``(init_state, step_fn, reorder_state)`` of beam search from users' states."""
+        """``(init_state, hidden_step, reorder_state)`` of beam search from users' states
+        (``hidden_step`` gives hidden states: :func:`~.generation.scoring_steps` scores them)."""
         x, mask, last, positions = self.context(model, state)
 
         def step(beam_state, prefixes, level):
@@ -344,7 +346,7 @@ class RecurrentMemory(nn.Module):
                 out = self.decoder(x, padding_mask=mask, causal=True, cache=beam_state["cache"])
                 hidden = out.hidden[:, -1]
             new_state = {"cache": out.cache, "mask": mask, "positions": beam_state["positions"]}
-            return model.output.level_log_probs(hidden, level), new_state
+            return hidden, new_state
 
         return {"x": x, "mask": mask, "last": last, "positions": positions}, step, reorder_beams
 

@@ -104,13 +104,11 @@ class DenseRetrieval(nn.Module):
         return dense + self.beam_weight * sid_log_likelihood
 
     @torch.no_grad()
-    def rank_all(self, model, item_seq, item_seq_len, beam_items, beam_scores):
-        """``full_sort_predict``: :meth:`rank` of every item, the query from one more pass of
-        the history (the query row reads only BOS and the history: no target is needed)."""
-        no_target = item_seq.new_zeros(len(item_seq), model.n_levels)
-        query = model.target_hidden(item_seq, item_seq_len, no_target)[:, 0]
-        return self.rank(self.log_probs(model, query), beam_items, beam_scores,
-                         self.beam_weight, item_seq if model.exclude_seen else None)
+    def rank_all(self, model, query, beam_items, beam_scores, item_seq):
+        """``full_sort_predict``: :meth:`rank` of every item from the ``query`` ``[B, d]`` that
+        scored the beam's first code (no other pass of the history) and the beam."""
+        return self.rank(self.log_probs(model, query), beam_items, beam_scores, self.beam_weight,
+                         item_seq if model.exclude_seen else None)
 
     @staticmethod
     def rank(log_probs, beam_items, beam_scores, beam_weight, exclude=None):

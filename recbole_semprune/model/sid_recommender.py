@@ -15,7 +15,9 @@ from torch import nn
 from recbole_semprune import validate
 from recbole_semprune.checkpoint import rename_legacy_keys
 from recbole_semprune.model.code_head import CodeHead
-from recbole_semprune.model.generation import PrefixTrie, constrained_beam_search, scores_to_full
+from recbole_semprune.model.generation import (
+    PrefixTrie, constrained_beam_search, scores_to_full, scoring_steps,
+)
 from recbole_semprune.model.layers import Dropout, init_weights
 from recbole_semprune.model.retrieval import DenseRetrieval
 from recbole_semprune.model.sid_checks import (
@@ -176,15 +178,18 @@ class SIDRecommender(SequentialRecommender):
         return sid if self.retrieval is None else self.retrieval.score(self, hidden, items, sid)
 
     # ---- generation ---------------------------------------------------------------------
-    def generation_state(self, item_seq, item_seq_len):
-        """``(init_state, step_fn, reorder_state)`` for :func:`constrained_beam_search`."""
-        return self.backbone.generation_state(self, item_seq, item_seq_len)
+    def generation_state(self, item_seq, item_seq_len, first=None):
+        """``(init_state, step_fn, reorder_state)`` for :func:`constrained_beam_search`: the
+        backbone's hidden states scored by the output head (``first``: :func:`scoring_steps`)."""
+        init, hidden_step, reorder = self.backbone.generation_state(self, item_seq, item_seq_len)
+        return init, scoring_steps(hidden_step, self.output, first), reorder
 
     @torch.no_grad()
-    def generate(self, item_seq, item_seq_len, beam_size=None):
+    def generate(self, item_seq, item_seq_len, beam_size=None, first=None):
         """Top ``beam_size`` valid items per history: ``(item_ids [B, K], log_probs [B, K])``;
-        with ``exclude_seen``, none of them is an item of its history."""
-        init_state, step_fn, reorder_state = self.generation_state(item_seq, item_seq_len)
+        with ``exclude_seen``, none of them is an item of its history. ``first``, a list, gets
+        the hidden states ``[B, d]`` that scored the first code."""
+        init_state, step_fn, reorder_state = self.generation_state(item_seq, item_seq_len, first)
         return constrained_beam_search(
             step_fn, init_state, item_seq.shape[0], beam_size or self.beam_size, self.trie,
             reorder_state=reorder_state, exclude=item_seq if self.exclude_seen else None,
@@ -194,9 +199,10 @@ class SIDRecommender(SequentialRecommender):
         """Scores ``[B, n_items]``: beam items carry their SID log-probability, others -inf
         (with dense retrieval, every item a mix: :meth:`DenseRetrieval.rank_all`)."""
         item_seq, item_seq_len = self.history(interaction)
-        item_ids, scores = self.generate(item_seq, item_seq_len)
+        first = None if self.retrieval is None else []
+        item_ids, scores = self.generate(item_seq, item_seq_len, first=first)
         if self.retrieval is not None:
-            return self.retrieval.rank_all(self, item_seq, item_seq_len, item_ids, scores)
+            return self.retrieval.rank_all(self, first[0], item_ids, scores, item_seq)
         return scores_to_full(item_ids, scores, self.n_items)
 
     # ---- figures of the epoch (read by the plugin's Trainer) ----------------------------
