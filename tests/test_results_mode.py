@@ -18,7 +18,7 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
                 "--sid_text_fields=['title', 'genre']", "--MAX_ITEM_LIST_LENGTH=10",
                 "--topk=[5,10]", "--valid_metric=NDCG@10", "--train_neg_sample_args=None", "--eval_args={'split': {'LS': 'valid_and_test'}, 'order': 'TO', 'group_by': 'user', 'mode': 'full'}"]
     argv = ["--dataset=tiny", f"--data_path={data}", "--models=TIGER,SASRec", "--seeds=1,2",
-            "--SASRec.seeds=1", "--output=out", "--baseline=TIGER", "--threads=1",
+            "--SASRec.seeds=1", "--output=out", "--baseline=TIGER", "--compare_to=SASRec", "--threads=1",
             "--epochs=3", "--stopping_step=1", *TINY_FLAGS, "--TIGER.n_dec_layers=1", "--TIGER.sid_levels=2",
             "--TIGER.sid_codebook_size=8", "--TIGER.beam_size=10", "--state=WARNING",
             "--train_batch_size=256", *protocol]
@@ -45,6 +45,13 @@ def test_results_mode_trains_tables_pairs_and_skips_finished_runs(tmp_path, monk
     assert sasrec["model_value"] == pytest.approx(rows["SASRec"]["ndcg@10_mask_off"])
     assert sasrec["difference"] == pytest.approx(sasrec["model_value"] - sasrec["baseline_value"])
     assert "Paired per-user differences against TIGER" in (out / "results.md").read_text()
+    # --compare_to: every model against SASRec too, the same pairing the other way round
+    against = [r for r in table["paired"] if r["baseline"] == "SASRec"]
+    assert {r["model"] for r in against} == {"TIGER"}
+    tiger = next(r for r in against if r["mask"] == "off" and r["metric"] == "ndcg@10")
+    assert tiger["seeds"] == 1 and tiger["difference"] == pytest.approx(-sasrec["difference"])
+    assert tiger["model_value"] == pytest.approx(sasrec["baseline_value"])
+    assert "Paired per-user differences against SASRec" in (out / "results.md").read_text()
     # each test user's target count in training: its interactions less its valid / test rows
     import pandas as pd
     inter = pd.read_csv(os.path.join(data, "tiny", "tiny.inter"), sep="\t")
@@ -134,6 +141,10 @@ def test_results_mode_rejects_bad_arguments(tmp_path):
         results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--baseline=SASRec"])
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--seed=3"])
+    for against in ("SASRec", "TIGER"):  # not a model of the run; the baseline itself
+        with pytest.raises(SystemExit):
+            results.parse_args(["--dataset=x", "--models=TIGER,RASTP", "--output=o",
+                                f"--compare_to={against}"])
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset=x", "--models=TIGER", "--output=o", "--Foo.hidden_size=3"])
     args, shared, overrides = results.parse_args(
@@ -161,9 +172,35 @@ def test_a_settings_error_stops_the_plan_instead_of_starting_the_next_run(tmp_pa
     assert (saved / "SASRec-Dec-01-2026_00-00-00-last.pth").read_bytes() == b"not a checkpoint"
 
 
+def test_a_kill_while_the_child_is_starting_stops_it_too(tmp_path, monkeypatch):
+    """The SIGTERM lands inside ``Popen``, after the child exists and before its handle is
+    returned: the child is still stopped, and the command exits as killed."""
+    import signal
+    import subprocess
+
+    from recbole_semprune.benchmark import common
+
+    started, start = [], subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(start(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this call returns
+        return started[-1]
+
+    monkeypatch.setattr(common.subprocess, "Popen", popen)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        common.run_module(["timeit", "-n", "1", "-r", "1", "import time; time.sleep(120)"],
+                          str(tmp_path / "child.log"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert started[0].poll() == -signal.SIGKILL  # stopped by the command, not left running
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_killing_the_command_stops_its_training_run(tmp_path):
     """``kill`` (SIGTERM) of a results / benchmark command stops the run it started in a child
-    process too, instead of leaving it training with nobody reading its output."""
+    process too, instead of leaving it training with nobody reading its output; here the signal
+    comes as soon as the child exists, often while ``Popen`` is still starting it."""
     import signal
     import subprocess
     import sys

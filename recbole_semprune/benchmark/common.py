@@ -176,10 +176,6 @@ def run_command(prog, run, argv, table):
     return status
 
 
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def run_module(args, log_path, mode="w", prefix=None):
     """``python -m ARGS`` in a fresh interpreter that imports this same copy of the package, its
     output written to ``log_path`` (and, with ``prefix``, to stderr); returns its exit status.
@@ -189,20 +185,31 @@ def run_module(args, log_path, mode="w", prefix=None):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    state = {"child": None, "signal": None}
+
+    def terminated(signum, frame):
+        state["signal"] = signum
+        if state["child"] is not None:  # else: acted on as soon as the starting child has a handle
+            raise SystemExit(128 + signum)
+
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
     with open(log_path, mode, buffering=1, encoding="utf-8") as log:
-        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env, text=True, errors="replace")
         try:
+            state["child"] = process = subprocess.Popen(
+                [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env, text=True, errors="replace")
+            if state["signal"] is not None:  # killed while the child was starting
+                raise SystemExit(128 + state["signal"])
             for line in process.stdout:
                 log.write(line)
                 if prefix:
                     sys.stderr.write(prefix + line)
             return process.wait()
         except BaseException:  # Ctrl-C, kill: stop the child, then let the interruption through
-            process.kill()
-            process.wait()
+            if state["child"] is not None:
+                state["child"].kill()
+                state["child"].wait()
             raise
         finally:
             if main_thread:

@@ -30,6 +30,8 @@ def parse_args(argv):
                         help="seeds of every model (--MODEL.seeds: of one)")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--only", default=None, help="run only these models (the tables keep all)")
+    parser.add_argument("--compare_to", default="", metavar="LABELS",
+                        help="also pair every model with these (e.g. SASRec), a table each")
     args, extra = parser.parse_known_args(argv)
     shared, overrides = parse_models(parser, args, extra,
                                      {"seed": "seeds are set with --seeds or --MODEL.seeds"})
@@ -42,9 +44,13 @@ def parse_args(argv):
     except ValueError:
         parser.error("seeds are integers separated by commas, e.g. --seeds=2020,2021,2022")
     args.only = args.models if args.only is None else [m.strip() for m in args.only.split(",")]
-    unknown = sorted(set(args.only) - set(args.models))
-    if unknown:
-        parser.error(f"--only names {', '.join(unknown)}, not in --models")
+    args.compare_to = [m.strip() for m in args.compare_to.split(",") if m.strip()]
+    for flag, names in (("--only", args.only), ("--compare_to", args.compare_to)):
+        unknown = sorted(set(names) - set(args.models))
+        if unknown:
+            parser.error(f"{flag} names {', '.join(unknown)}, not in --models")
+    if args.baseline in args.compare_to:
+        parser.error(f"--compare_to names the baseline {args.baseline}: its table is always there")
     return args, shared, overrides
 
 
@@ -245,8 +251,9 @@ def paired_rows(runs, baseline):
                     raise ValueError(
                         f"{label} and {baseline} (seed {seed}) ranked other test users")
                 pairs.append([per_user_metrics(pos[mask], [5, 10]) for pos in (pos_a, pos_b)])
-            rows += [{"model": label, "mask": mask, "seeds": len(common), "metric": metric,
-                      "model_value": a, "baseline_value": b, "difference": diff, "se": se}
+            rows += [{"model": label, "baseline": baseline, "mask": mask, "seeds": len(common),
+                      "metric": metric, "model_value": a, "baseline_value": b,
+                      "difference": diff, "se": se}
                      for metric, a, b, diff, se in pooled_difference(pairs)
                      if metric in ("ndcg@10", "recall@10")]
     return rows
@@ -291,7 +298,8 @@ def write_tables(output, args):
     from recbole_semprune.analysis import difference_cells
 
     runs = collect(output, args.models)
-    rows, paired = model_rows(runs), paired_rows(runs, args.baseline)
+    rows, against = model_rows(runs), [args.baseline, *args.compare_to]
+    paired = {baseline: paired_rows(runs, baseline) for baseline in against}
     lines = [f"# Results: {args.dataset}", "",
              f"- command: `python -m recbole_semprune.benchmark.results {' '.join(args.argv)}`",
              "- every run trained to RecBole's early stopping on the validation metric and tested "
@@ -306,15 +314,18 @@ def write_tables(output, args):
                 _cell(row[f], row[f + "_se"], int(report.COLUMNS[f].fmt[0])) for f in SHOWN]
 
         lines += [f"## Test, {title}", "", report.markdown_table(names, rows, cells, heads), ""]
-    lines += [f"## Paired per-user differences against {args.baseline}", "",
-              "Each user's figure averaged over the seeds both ran, then the mean difference and "
-              "its standard error over the users.", "",
-              report.markdown_table(
-                  ["model", "mask", "seeds", "metric", "a", "b", "d", "se", "r"], paired,
-                  lambda r: [r["model"], r["mask"], str(r["seeds"]), r["metric"], *difference_cells(
-                      r["model_value"], r["baseline_value"], r["difference"], r["se"])],
-                  ["model", "mask", "seeds", "metric", "model", "baseline", "difference", "SE",
-                   "diff / SE"], text=("mask", "metric"))]
+    for baseline in against:
+        lines += [f"## Paired per-user differences against {baseline}", "",
+                  "Each user's figure averaged over the seeds both ran, then the mean difference "
+                  "and its standard error over the users.", "",
+                  report.markdown_table(
+                      ["model", "mask", "seeds", "metric", "a", "b", "d", "se", "r"],
+                      paired[baseline], lambda r: [
+                          r["model"], r["mask"], str(r["seeds"]), r["metric"], *difference_cells(
+                              r["model_value"], r["baseline_value"], r["difference"], r["se"])],
+                      ["model", "mask", "seeds", "metric", "model", baseline, "difference", "SE",
+                       "diff / SE"], text=("mask", "metric")), ""]
+    lines.pop()
     groups, by_count = count_rows(runs, args.baseline)
     if by_count:
         keys = [name.split(" ")[0] for name in groups]
@@ -338,8 +349,9 @@ def write_tables(output, args):
     write_text(os.path.join(output, "results.md"), "\n".join(lines) + "\n")
     if rows:
         report.write_csv(os.path.join(output, "results.csv"), list(rows[0]), rows)
-    write_json(os.path.join(output, "results.json"), {"rows": rows, "paired": paired,
-                                                       "by_target_count": by_count})
+    write_json(os.path.join(output, "results.json"), {
+        "rows": rows, "paired": [row for baseline in against for row in paired[baseline]],
+        "by_target_count": by_count})
     finished = [r for r in rows if math.isfinite(r["ndcg@10_mask_off"])]
     # CPU hours where every run has them: wall hours are inflated by other jobs on the machine
     cpu = all(math.isfinite(r["cpu_seconds_to_best"]) for r in finished)
