@@ -86,16 +86,17 @@ def test_rank_mixes_beam_and_dense_scores():
 
 @pytest.mark.parametrize("model", ["TIGER", "DecoderOnlySID"])
 @pytest.mark.parametrize("exclude_seen", [False, True])
-def test_full_sort_predict_gives_beam_items_their_predict_score(model, exclude_seen, tiny_data):
+def test_full_sort_predict_gives_beam_items_their_predict_score(model, exclude_seen, tiny_data,
+                                                                monkeypatch):
     built = build_tiny(model, {**tiny_data, **TINY_SID}, exclude_seen=exclude_seen,
                        retrieval_beam_weight=0.7, **ON)
     net = built.model.eval()
     batch = next(iter(built.test))[0]
     users = {key: batch[key][:6] for key in (net.ITEM_SEQ, net.ITEM_SEQ_LEN)}
     with torch.no_grad():
-        target_hidden, net.backbone.target_hidden = net.backbone.target_hidden, None
-        full = net.full_sort_predict(users)  # the query comes from the beam's first step
-        net.backbone.target_hidden = target_hidden
+        with monkeypatch.context() as patch:  # the query comes from the beam's first step
+            patch.setattr(net.backbone, "target_hidden", None)
+            full = net.full_sort_predict(users)
         items, _ = net.generate(*net.history(users))
         for column in range(items.shape[1]):
             one = dict(users, **{net.ITEM_ID: items[:, column]})

@@ -325,7 +325,7 @@ def write_tables(output, args):
                               r["model_value"], r["baseline_value"], r["difference"], r["se"])],
                       ["model", "mask", "seeds", "metric", "model", baseline, "difference", "SE",
                        "diff / SE"], text=("mask", "metric")), ""]
-    lines.pop()
+    lines.pop()  # the next section opens with its own blank line
     groups, by_count = count_rows(runs, args.baseline)
     if by_count:
         keys = [name.split(" ")[0] for name in groups]
